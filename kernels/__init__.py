@@ -1,0 +1,1 @@
+"""Compiled kernels of trlsim, installed as ``trlsim.kernels``."""

@@ -1,0 +1,405 @@
+"""CPU kernels of one TRL learning step, compiled by Numba for threads.
+
+A layer's step runs four kernels in order, each an explicit ``prange`` loop
+over the layer's neurons ``j`` (TRL paper, section 2; ``TRL_SPEC.md``
+sections 2 and 3):
+
+1. :func:`forward`         ``a = W x + b``, ``z = phi(a)``
+2. :func:`memory_update`   batch mean and variance into the memory units
+3. :func:`local_update`    each neuron's output term, then its weights and bias
+4. :func:`lateral_update`  the lateral matrix toward the layer's covariance
+
+Each neuron owns row ``j`` of every matrix it writes (``W``, ``L``, optimizer
+moments, ``losses``) and record ``j`` of the memory units, so iterations never
+write the same cell and need no locks. Activations are held neuron-major,
+``z_t[j, t]`` (shape ``(n, B)``), so a neuron's time series is contiguous;
+``zc`` is the same centred activity row-major, ``(B, n)``, for the sums over
+other neurons.
+
+Arrays are float32 and C-contiguous; optimizer hyper-parameters come as the
+float64 vector described in :mod:`trlsim.kernels.scalar`. All kernels are
+cached on disk by Numba, so a new process does not compile them again.
+"""
+
+import numpy as np
+from numba import njit, prange
+
+from .scalar import activate, activation_slope, optimizer_row
+
+# Reassociation lets LLVM vectorise the dot products; NaN and infinity keep
+# their IEEE meaning so that a diverging run is still detected.
+FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
+PARALLEL = dict(parallel=True, fastmath=FASTMATH, cache=True, nogil=True)
+
+TRL, TRL_S = 0, 1
+RULE_CODES = {"trl": TRL, "trl-s": TRL_S}
+LATERAL_MATRIX, DIRECT_COVARIANCE = 0, 1
+LATERAL_CODES = {"matrix": LATERAL_MATRIX, "direct": DIRECT_COVARIANCE}
+
+# Columns of the per-neuron ``losses`` array.
+LOSS_SIM, LOSS_VAR, LOSS_COV, LOSS_LAT = 0, 1, 2, 3
+LOSS_TERMS = ("sim", "var", "cov", "lat")
+
+
+@njit(**PARALLEL)
+def forward(x, weights, bias, activation, a_t, z_t):
+    """Forward pass of one layer, neuron by neuron.
+
+    ``a[j, t] = sum_i W[j, i] * x[t, i] + b[j]`` and ``z[j, t] = phi(a[j, t])``.
+
+    Parameters
+    ----------
+    x : float32 array (B, n_in)
+        Input rows, one per stream position ``t``. Read.
+    weights : float32 array (n, n_in)
+        ``W``. Read.
+    bias : float32 array (n,)
+        ``b``. Read.
+    activation : int
+        Activation code (:data:`trlsim.kernels.scalar.ACTIVATION_CODES`).
+    a_t, z_t : float32 arrays (n, B)
+        Pre-activations and activations, neuron-major. Written.
+
+    Notes
+    -----
+    Parallel over neurons; each iteration writes only row ``j`` of ``a_t`` and
+    ``z_t``.
+    """
+    n_rows = x.shape[0]
+    n_in = x.shape[1]
+    for j in prange(weights.shape[0]):
+        w = weights[j]
+        for t in range(n_rows):
+            row = x[t]
+            s = np.float32(0.0)
+            for i in range(n_in):
+                s += w[i] * row[i]
+            s += bias[j]
+            a_t[j, t] = s
+            z_t[j, t] = activate(s, activation)
+
+
+@njit(**PARALLEL)
+def memory_update(z_t, neurons, var_momentum, zc_t):
+    """Update the memory units from a batch and centre the activations.
+
+    For neuron ``j`` over the ``B`` rows of the batch::
+
+        m_j    = mean_t z[j, t]                      (the batch mean)
+        mean_j <- m_j
+        var_j  <- k * var_j + (1 - k) * mean_t (z[j, t] - m_j)**2
+        prev_j <- z[j, B - 1]
+        zc[j, t] = z[j, t] - m_j
+
+    Parameters
+    ----------
+    z_t : float32 array (n, B)
+        Activations, neuron-major. Read.
+    neurons : structured array (n,) of ``MEMORY_DTYPE``
+        Memory units ``mean``, ``var``, ``prev``. Updated.
+    var_momentum : float
+        ``k``, the momentum of the running variance (0.9 in the paper).
+    zc_t : float32 array (n, B)
+        Centred activations. Written.
+
+    Notes
+    -----
+    Parallel over neurons; iteration ``j`` touches only record ``j`` and row
+    ``j``.
+    """
+    n_rows = z_t.shape[1]
+    keep = np.float32(var_momentum)
+    for j in prange(z_t.shape[0]):
+        row = z_t[j]
+        total = 0.0
+        for t in range(n_rows):
+            total += row[t]
+        mean = total / n_rows
+        spread = 0.0
+        for t in range(n_rows):
+            centred = row[t] - mean
+            zc_t[j, t] = centred
+            spread += centred * centred
+        neurons[j].mean = mean
+        neurons[j].var = keep * neurons[j].var + (1.0 - keep) * (spread / n_rows)
+        neurons[j].prev = row[n_rows - 1]
+
+
+@njit(inline="always", cache=True)
+def _invariance_gradient(z_row, grad, rule, chunk_size):
+    """Write ``dL_sim/dz`` of one neuron into ``grad``; return ``L_sim``.
+
+    TRL: pairs ``(t-1, t)`` inside chunks of ``chunk_size`` rows, mean over the
+    pairs of a chunk then over chunks, gradient to both members. TRL-S: all
+    ``B - 1`` consecutive pairs, the earlier member detached.
+    """
+    n_rows = z_row.shape[0]
+    loss = 0.0
+    if rule == TRL:
+        n_chunks = n_rows // chunk_size
+        scale = 1.0 / (n_chunks * (chunk_size - 1))
+        for t in range(n_rows):
+            grad[t] = 0.0
+        for t in range(n_rows):
+            if t % chunk_size != 0:
+                d = z_row[t] - z_row[t - 1]
+                loss += d * d
+                grad[t] += 2.0 * scale * d
+                grad[t - 1] -= 2.0 * scale * d
+        return loss * scale
+    scale = 1.0 / (n_rows - 1)
+    grad[0] = 0.0
+    for t in range(1, n_rows):
+        d = z_row[t] - z_row[t - 1]
+        loss += d * d
+        grad[t] = 2.0 * scale * d
+    return loss * scale
+
+
+@njit(**PARALLEL)
+def local_update(
+    x,
+    a_t,
+    z_t,
+    zc_t,
+    zc,
+    lateral,
+    mask,
+    neurons,
+    weights,
+    bias,
+    weights_first,
+    weights_second,
+    bias_first,
+    bias_second,
+    opt,
+    activation,
+    rule,
+    chunk_size,
+    lateral_mode,
+    c_sim,
+    c_var,
+    c_cov,
+    tau,
+    learn,
+    losses,
+):
+    """Each neuron's output term, then one optimizer step on its weights.
+
+    For neuron ``j`` and row ``t`` (spec section 2, the "fourfold sum")::
+
+        dL/dz[j,t] = c_sim * dL_sim/dz[j,t]
+                   - c_var * relu(tau - var_j) * 2 zc[j,t] / B
+                   + c_cov * lat[j,t] / B
+        dL/da[j,t] = dL/dz[j,t] * phi'(a[j,t])
+        dL/dW[j,:] = sum_t dL/da[j,t] * x[t,:]      dL/db_j = sum_t dL/da[j,t]
+
+    With the lateral matrix, ``lat[j,t] = sum_k L[j,k] zc[t,k]`` (a constant
+    to neuron ``j``). With the direct covariance penalty
+    ``sum_{k != j} M[j,k] C[j,k]**2`` instead,
+    ``lat[j,t] = 2 sum_k (M[j,k] + M[k,j]) C[j,k] zc[t,k]``, its exact gradient.
+
+    Parameters
+    ----------
+    x : float32 (B, n_in)
+        The layer's input. Read.
+    a_t, z_t, zc_t : float32 (n, B)
+        Pre-activations, activations and centred activations. Read.
+    zc : float32 (B, n)
+        Centred activations, row-major. Read.
+    lateral : float32 (n, n)
+        ``L``. Read (it is updated afterwards by :func:`lateral_update`).
+    mask : float32 (n, n)
+        ``M``: 1 where the covariance is a target, 0 on the diagonal and where
+        lateral sparsity removed the entry. Read.
+    neurons : MEMORY_DTYPE (n,)
+        Memory units; ``var`` (already updated for this batch) gates the
+        variance term. Read.
+    weights, bias : float32 (n, n_in), (n,)
+        Updated in place when ``learn``.
+    weights_first, weights_second, bias_first, bias_second : float32
+        Optimizer moments of ``weights`` and ``bias`` (second moments may have
+        zero columns for SGD). Updated when ``learn``.
+    opt : float64 (OPT_SIZE,)
+        Optimizer hyper-parameters for this step.
+    activation, rule, chunk_size, lateral_mode : int
+        Codes of the activation, rule (``TRL``/``TRL_S``), chunk length ``S``
+        and covariance mode (``LATERAL_MATRIX``/``DIRECT_COVARIANCE``).
+    c_sim, c_var, c_cov, tau : float
+        Loss coefficients and minimum variance.
+    learn : bool
+        False computes the loss terms only (a frozen layer).
+    losses : float32 (n, 4)
+        Columns ``LOSS_SIM``, ``LOSS_VAR``, ``LOSS_COV`` of row ``j`` receive
+        neuron ``j``'s unweighted loss terms. Written.
+
+    Notes
+    -----
+    Parallel over neurons: iteration ``j`` writes row ``j`` of ``weights``,
+    its moments and ``losses``, and ``bias[j]``; it reads other neurons only
+    through ``zc``, ``lateral`` and ``mask``, which no iteration writes.
+    """
+    n_rows = x.shape[0]
+    n_in = x.shape[1]
+    n = weights.shape[0]
+    inv_rows = np.float32(1.0 / n_rows)
+    for j in prange(n):
+        zc_row = zc_t[j]
+        gate = max(tau - neurons[j].var, 0.0)
+
+        # Lateral signal: how much neuron j moves with the others.
+        lat = np.empty(n_rows, dtype=np.float32)
+        if lateral_mode == LATERAL_MATRIX:
+            lateral_row = lateral[j]
+            for t in range(n_rows):
+                others = zc[t]
+                s = np.float32(0.0)
+                for k in range(n):
+                    s += lateral_row[k] * others[k]
+                lat[t] = s
+            cov_loss = 0.0
+            for t in range(n_rows):
+                cov_loss += zc_row[t] * lat[t]
+            cov_loss *= inv_rows
+        else:
+            cov_row = np.zeros(n, dtype=np.float32)
+            for t in range(n_rows):
+                c = zc_row[t] * inv_rows
+                others = zc[t]
+                for k in range(n):
+                    cov_row[k] += c * others[k]
+            cov_loss = 0.0
+            for k in range(n):
+                cov_loss += mask[j, k] * cov_row[k] * cov_row[k]
+                cov_row[k] *= 2.0 * (mask[j, k] + mask[k, j])
+            for t in range(n_rows):
+                others = zc[t]
+                s = np.float32(0.0)
+                for k in range(n):
+                    s += cov_row[k] * others[k]
+                lat[t] = s
+
+        # The fourfold sum, through the activation's slope.
+        grad_a = np.empty(n_rows, dtype=np.float32)
+        sim_loss = _invariance_gradient(z_t[j], grad_a, rule, chunk_size)
+        var_loss = 0.0
+        for t in range(n_rows):
+            var_loss += zc_row[t] * zc_row[t]
+            grad_z = (
+                c_sim * grad_a[t]
+                - c_var * gate * 2.0 * zc_row[t] * inv_rows
+                + c_cov * lat[t] * inv_rows
+            )
+            grad_a[t] = grad_z * activation_slope(a_t[j, t], z_t[j, t], activation)
+        losses[j, LOSS_SIM] = sim_loss
+        losses[j, LOSS_VAR] = -gate * var_loss * inv_rows
+        losses[j, LOSS_COV] = cov_loss
+
+        if learn:
+            # Hebbian form: input times the neuron's output term.
+            grad_w = np.zeros(n_in, dtype=np.float32)
+            grad_b = np.zeros(1, dtype=np.float32)
+            for t in range(n_rows):
+                g = grad_a[t]
+                grad_b[0] += g
+                if g != 0.0:
+                    row = x[t]
+                    for i in range(n_in):
+                        grad_w[i] += g * row[i]
+            optimizer_row(weights[j], grad_w, weights_first[j], weights_second[j], opt)
+            optimizer_row(
+                bias[j : j + 1],
+                grad_b,
+                bias_first[j : j + 1],
+                bias_second[j : j + 1],
+                opt,
+            )
+
+
+@njit(**PARALLEL)
+def lateral_update(zc_t, zc, mask, lateral, lateral_first, lateral_second, opt,
+                   c_lat, learn, losses):
+    """Move the lateral matrix toward the layer's off-diagonal covariance.
+
+    For row ``j``::
+
+        C[j,k]  = sum_t zc[j,t] zc[t,k] / B
+        L_lat_j = sum_k (L[j,k] - M[j,k] C[j,k])**2 / n
+        dL/dL[j,k] = c_lat * 2 (L[j,k] - M[j,k] C[j,k]) / n
+
+    Parameters
+    ----------
+    zc_t : float32 (n, B)
+        Centred activations, neuron-major. Read.
+    zc : float32 (B, n)
+        The same, row-major. Read.
+    mask : float32 (n, n)
+        ``M``, zero on the diagonal and on entries removed by sparsity. Read.
+    lateral : float32 (n, n)
+        ``L``. Updated when ``learn``.
+    lateral_first, lateral_second : float32
+        Optimizer moments of ``lateral``. Updated when ``learn``.
+    opt : float64 (OPT_SIZE,)
+        Optimizer hyper-parameters (the lateral learning rate).
+    c_lat : float
+        Weight of the lateral loss.
+    learn : bool
+        False computes the loss only.
+    losses : float32 (n, 4)
+        Column ``LOSS_LAT`` of row ``j`` receives ``L_lat_j``. Written.
+
+    Notes
+    -----
+    Parallel over rows of ``L``; iteration ``j`` writes only row ``j``. Run it
+    after :func:`local_update`, which reads the old ``L``.
+    """
+    n = lateral.shape[0]
+    n_rows = zc.shape[0]
+    inv_rows = np.float32(1.0 / n_rows)
+    scale = np.float32(2.0 * c_lat / n)
+    for j in prange(n):
+        cov_row = np.zeros(n, dtype=np.float32)
+        zc_row = zc_t[j]
+        for t in range(n_rows):
+            c = zc_row[t] * inv_rows
+            others = zc[t]
+            for k in range(n):
+                cov_row[k] += c * others[k]
+        lateral_row = lateral[j]
+        loss = 0.0
+        for k in range(n):
+            d = lateral_row[k] - mask[j, k] * cov_row[k]
+            loss += d * d
+            cov_row[k] = scale * d  # the buffer now holds the gradient
+        losses[j, LOSS_LAT] = loss / n
+        if learn:
+            optimizer_row(lateral_row, cov_row, lateral_first[j], lateral_second[j], opt)
+
+
+@njit(**PARALLEL)
+def optimizer_update(params, grads, first, second, opt):
+    """One optimizer step on flat arrays, in parallel blocks.
+
+    The same update as :func:`trlsim.kernels.scalar.optimizer_row`, for
+    parameters that are not split by neuron (the linear probe).
+
+    Parameters
+    ----------
+    params, grads, first : float32 (N,)
+        Parameters (updated), gradient (read), first moment (updated).
+    second : float32 (N,) or (0,)
+        Second moment (Adam; updated) or an empty array (SGD).
+    opt : float64 (OPT_SIZE,)
+        Hyper-parameters for this step.
+    """
+    size = params.shape[0]
+    block = 4096
+    n_blocks = (size + block - 1) // block
+    has_second = second.shape[0] == size
+    for b in prange(n_blocks):
+        lo = b * block
+        hi = min(lo + block, size)
+        if has_second:
+            optimizer_row(params[lo:hi], grads[lo:hi], first[lo:hi], second[lo:hi], opt)
+        else:
+            optimizer_row(params[lo:hi], grads[lo:hi], first[lo:hi], second, opt)

@@ -1,0 +1,230 @@
+"""Training: feed a stream to a network, epoch by epoch, under a layer schedule.
+
+Spec section 3 gives two schedules:
+
+* ``"concurrent"`` (TRL-S): every learning layer learns at every step, for
+  ``epochs`` passes over the data.
+* ``"greedy"`` (TRL): the learning layers take turns in order, each for
+  ``epochs`` passes while the others stay fixed; a greedy run makes
+  ``epochs * len(learning)`` passes in all.
+
+A layer outside ``network.learning`` never learns: it keeps its initial weights
+and lateral matrix, while its memory units still follow its activity (spec
+section 6: the paper's table comes from such a run with only layer 0 learning).
+
+Examples
+--------
+>>> import numpy as np, trlsim
+>>> from trlsim.streams import Stream
+>>> from trlsim.train import Trainer
+>>> rng = np.random.default_rng(0)
+>>> x = rng.normal(size=(256, 20)).astype(np.float32)
+>>> y = rng.integers(0, 4, 256)
+>>> net = trlsim.Network([20, 16, 8], rule="trl", chunk_size=8, seed=0)
+>>> stream = Stream(x, y, batch_size=32, chunk_size=8, seed=0)
+>>> result = Trainer(net, stream, epochs=2, schedule="greedy").run()
+>>> result.steps, [phase.layers for phase in result.phases]
+(32, [[0], [1]])
+"""
+
+import logging
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .kernels.cpu import LOSS_TERMS
+
+logger = logging.getLogger(__name__)
+
+
+class TrainingDiverged(FloatingPointError):
+    """A loss became NaN or infinite; the network state is no longer usable."""
+
+
+@dataclass
+class Phase:
+    """A stretch of training in which a fixed set of layers learns."""
+
+    layers: list
+    epochs: int
+
+
+@dataclass
+class Progress:
+    """What a progress callback receives, every ``report_every`` steps."""
+
+    phase: int
+    n_phases: int
+    epoch: int
+    step: int
+    total_steps: int
+    samples: int
+    samples_per_second: float
+    losses: list
+
+
+@dataclass
+class TrainResult:
+    """What a training run did.
+
+    ``history`` holds one record per finished epoch: the phase, the learning
+    layers and, per layer, the mean of each loss term over the epoch's steps.
+    """
+
+    phases: list
+    steps: int = 0
+    samples: int = 0
+    epochs_completed: int = 0
+    wall_time: float = 0.0
+    interrupted: bool = False
+    history: list = field(default_factory=list)
+
+    @property
+    def samples_per_second(self):
+        return self.samples / self.wall_time if self.wall_time > 0 else 0.0
+
+    def to_dict(self):
+        return {
+            "phases": [{"layers": p.layers, "epochs": p.epochs} for p in self.phases],
+            "steps": self.steps,
+            "samples": self.samples,
+            "epochs_completed": self.epochs_completed,
+            "wall_time": self.wall_time,
+            "samples_per_second": self.samples_per_second,
+            "interrupted": self.interrupted,
+            "history": self.history,
+        }
+
+
+def phases_for(schedule, learning, epochs):
+    """The phases of a schedule over the learning layers ``learning``."""
+    learning = sorted(learning)
+    if schedule == "concurrent" or not learning:
+        return [Phase(learning, epochs)]
+    if schedule == "greedy":
+        return [Phase([layer], epochs) for layer in learning]
+    raise ValueError(f"unknown schedule {schedule!r}; use 'greedy' or 'concurrent'")
+
+
+class Trainer:
+    """Runs a network over a stream.
+
+    Parameters
+    ----------
+    network : trlsim.Network
+    stream : trlsim.streams.Stream
+    epochs : int
+        Passes over the data per phase.
+    schedule : {"greedy", "concurrent"}
+    report_every : int
+        Steps between progress reports.
+    """
+
+    def __init__(self, network, stream, epochs, schedule="concurrent",
+                 report_every=20):
+        if stream.n_features != network.layers[0].n_inputs:
+            raise ValueError(
+                f"the stream's rows have {stream.n_features} values but the "
+                f"network takes {network.layers[0].n_inputs}"
+            )
+        self.network = network
+        self.stream = stream
+        self.phases = phases_for(schedule, network.learning, epochs)
+        self.report_every = report_every
+        self._stop = threading.Event()
+
+    @property
+    def total_steps(self):
+        return sum(p.epochs for p in self.phases) * self.stream.n_batches
+
+    def stop(self):
+        """Ask the run to stop after the step in progress."""
+        self._stop.set()
+
+    def run(self, progress=None):
+        """Train through every phase; returns a :class:`TrainResult`.
+
+        Ctrl-C (SIGINT) during the run, or :meth:`stop`, ends it after the step
+        in progress, so the network is never left half-updated; the result then
+        has ``interrupted`` set. A loss that is not finite raises
+        :class:`TrainingDiverged`.
+        """
+        result = TrainResult(phases=self.phases)
+        n_layers = len(self.network.layers)
+        start = time.perf_counter()
+        epoch_index = 0
+        with _stop_on_sigint(self._stop):
+            for phase_index, phase in enumerate(self.phases):
+                logger.info("phase %d: layers %s learn for %d epochs",
+                            phase_index, phase.layers, phase.epochs)
+                for _ in range(phase.epochs):
+                    sums = np.zeros((n_layers, len(LOSS_TERMS)))
+                    n_steps = 0
+                    for xb, _yb in self.stream.epoch(epoch_index):
+                        losses = self.network.step(xb, learning=phase.layers)
+                        terms = np.array([[d[k] for k in LOSS_TERMS] for d in losses])
+                        if not np.isfinite(terms).all():
+                            raise TrainingDiverged(
+                                f"a loss became non-finite at step "
+                                f"{self.network.n_steps} (epoch {epoch_index + 1}); "
+                                f"per-layer losses: {losses}. Lower learning_rate, "
+                                f"raise c_var, or check the input scaling."
+                            )
+                        sums += terms
+                        n_steps += 1
+                        result.steps += 1
+                        result.samples += xb.shape[0]
+                        if progress and result.steps % self.report_every == 0:
+                            elapsed = time.perf_counter() - start
+                            progress(Progress(
+                                phase_index, len(self.phases), epoch_index,
+                                result.steps, self.total_steps, result.samples,
+                                result.samples / elapsed, losses,
+                            ))
+                        if self._stop.is_set():
+                            break
+                    if n_steps:
+                        means = sums / n_steps
+                        result.history.append({
+                            "epoch": epoch_index + 1,
+                            "phase": phase_index,
+                            "learning": list(phase.layers),
+                            "losses": [dict(zip(LOSS_TERMS, map(float, row)))
+                                       for row in means],
+                        })
+                    if self._stop.is_set():
+                        result.interrupted = True
+                        break
+                    epoch_index += 1
+                    result.epochs_completed = epoch_index
+                if result.interrupted:
+                    break
+        result.wall_time = time.perf_counter() - start
+        return result
+
+
+class _stop_on_sigint:
+    """Turn Ctrl-C into a stop request while training runs in the main thread."""
+
+    def __init__(self, event):
+        self.event = event
+        self.previous = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum, frame):
+        if self.event.is_set():
+            # A second Ctrl-C means "now": fall back to the usual interrupt.
+            raise KeyboardInterrupt
+        self.event.set()
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+        return False
+
