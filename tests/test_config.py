@@ -373,3 +373,15 @@ def test_class_docstrings_list_every_field():
         assert "Attributes\n----------" in doc
         for sub in dataclasses.fields(field.default_factory):
             assert f"{sub.name} : " in doc
+
+
+def test_configuration_doc_is_generated_from_the_metadata():
+    from pathlib import Path
+
+    from trlsim.config import reference_markdown
+
+    doc = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
+    assert doc.read_text().strip() == reference_markdown().strip(), (
+        "docs/configuration.md is stale: regenerate it with "
+        "`trlsim config-reference > docs/configuration.md`"
+    )
