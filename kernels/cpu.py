@@ -41,6 +41,52 @@ LOSS_SIM, LOSS_VAR, LOSS_COV, LOSS_LAT = 0, 1, 2, 3
 LOSS_TERMS = ("sim", "var", "cov", "lat")
 
 
+@njit(inline="always", fastmath=FASTMATH, cache=True)
+def _dot_rows(vector, rows, out):
+    """``out[t] = sum_i vector[i] * rows[t, i]`` for every row ``t``.
+
+    Four rows at a time, so each element of ``vector`` is loaded once per four
+    products; the inner loop vectorises over ``i``.
+    """
+    n_rows, width = rows.shape
+    t = 0
+    while t + 4 <= n_rows:
+        r0, r1, r2, r3 = rows[t], rows[t + 1], rows[t + 2], rows[t + 3]
+        s0 = s1 = s2 = s3 = np.float32(0.0)
+        for i in range(width):
+            v = vector[i]
+            s0 += v * r0[i]
+            s1 += v * r1[i]
+            s2 += v * r2[i]
+            s3 += v * r3[i]
+        out[t], out[t + 1], out[t + 2], out[t + 3] = s0, s1, s2, s3
+        t += 4
+    for t in range(t, n_rows):
+        row = rows[t]
+        s = np.float32(0.0)
+        for i in range(width):
+            s += vector[i] * row[i]
+        out[t] = s
+
+
+@njit(inline="always", fastmath=FASTMATH, cache=True)
+def _accumulate_rows(weights, rows, out):
+    """``out[i] += sum_t weights[t] * rows[t, i]``, four rows at a time."""
+    n_rows, width = rows.shape
+    t = 0
+    while t + 4 <= n_rows:
+        r0, r1, r2, r3 = rows[t], rows[t + 1], rows[t + 2], rows[t + 3]
+        c0, c1, c2, c3 = weights[t], weights[t + 1], weights[t + 2], weights[t + 3]
+        for i in range(width):
+            out[i] += c0 * r0[i] + c1 * r1[i] + c2 * r2[i] + c3 * r3[i]
+        t += 4
+    for t in range(t, n_rows):
+        row = rows[t]
+        c = weights[t]
+        for i in range(width):
+            out[i] += c * row[i]
+
+
 @njit(**PARALLEL)
 def forward(x, weights, bias, activation, a_t, z_t):
     """Forward pass of one layer, neuron by neuron.
@@ -65,18 +111,12 @@ def forward(x, weights, bias, activation, a_t, z_t):
     Parallel over neurons; each iteration writes only row ``j`` of ``a_t`` and
     ``z_t``.
     """
-    n_rows = x.shape[0]
-    n_in = x.shape[1]
     for j in prange(weights.shape[0]):
-        w = weights[j]
-        for t in range(n_rows):
-            row = x[t]
-            s = np.float32(0.0)
-            for i in range(n_in):
-                s += w[i] * row[i]
-            s += bias[j]
-            a_t[j, t] = s
-            z_t[j, t] = activate(s, activation)
+        a_row = a_t[j]
+        _dot_rows(weights[j], x, a_row)
+        for t in range(a_row.shape[0]):
+            a_row[t] += bias[j]
+            z_t[j, t] = activate(a_row[t], activation)
 
 
 @njit(**PARALLEL)
@@ -250,34 +290,19 @@ def local_update(
         # Lateral signal: how much neuron j moves with the others.
         lat = np.empty(n_rows, dtype=np.float32)
         if lateral_mode == LATERAL_MATRIX:
-            lateral_row = lateral[j]
-            for t in range(n_rows):
-                others = zc[t]
-                s = np.float32(0.0)
-                for k in range(n):
-                    s += lateral_row[k] * others[k]
-                lat[t] = s
+            _dot_rows(lateral[j], zc, lat)
             cov_loss = 0.0
             for t in range(n_rows):
                 cov_loss += zc_row[t] * lat[t]
             cov_loss *= inv_rows
         else:
             cov_row = np.zeros(n, dtype=np.float32)
-            for t in range(n_rows):
-                c = zc_row[t] * inv_rows
-                others = zc[t]
-                for k in range(n):
-                    cov_row[k] += c * others[k]
+            _accumulate_rows(zc_row * inv_rows, zc, cov_row)
             cov_loss = 0.0
             for k in range(n):
                 cov_loss += mask[j, k] * cov_row[k] * cov_row[k]
                 cov_row[k] *= 2.0 * (mask[j, k] + mask[k, j])
-            for t in range(n_rows):
-                others = zc[t]
-                s = np.float32(0.0)
-                for k in range(n):
-                    s += cov_row[k] * others[k]
-                lat[t] = s
+            _dot_rows(cov_row, zc, lat)
 
         # The fourfold sum, through the activation's slope.
         grad_a = np.empty(n_rows, dtype=np.float32)
@@ -298,14 +323,10 @@ def local_update(
         if learn:
             # Hebbian form: input times the neuron's output term.
             grad_w = np.zeros(n_in, dtype=np.float32)
+            _accumulate_rows(grad_a, x, grad_w)
             grad_b = np.zeros(1, dtype=np.float32)
             for t in range(n_rows):
-                g = grad_a[t]
-                grad_b[0] += g
-                if g != 0.0:
-                    row = x[t]
-                    for i in range(n_in):
-                        grad_w[i] += g * row[i]
+                grad_b[0] += grad_a[t]
             optimizer_row(weights[j], grad_w, weights_first[j], weights_second[j], opt)
             optimizer_row(
                 bias[j : j + 1],
@@ -359,12 +380,7 @@ def lateral_update(zc_t, zc, mask, lateral, lateral_first, lateral_second, opt,
     scale = np.float32(2.0 * c_lat / n)
     for j in prange(n):
         cov_row = np.zeros(n, dtype=np.float32)
-        zc_row = zc_t[j]
-        for t in range(n_rows):
-            c = zc_row[t] * inv_rows
-            others = zc[t]
-            for k in range(n):
-                cov_row[k] += c * others[k]
+        _accumulate_rows(zc_t[j] * inv_rows, zc, cov_row)
         lateral_row = lateral[j]
         loss = 0.0
         for k in range(n):
