@@ -17,9 +17,12 @@ from .network import MEMORY_DTYPE, Layer, Network  # noqa: E402
 from .probe import LinearProbe, evaluate  # noqa: E402
 from .streams import Stream  # noqa: E402
 from .train import Trainer, TrainingDiverged  # noqa: E402
+from .record import Recorder, TraceError  # noqa: E402
+from .trace import Trace, open_trace  # noqa: E402
 
 __all__ = [
     "Config", "ConfigError", "DataError", "Dataset", "Layer", "LinearProbe",
     "MEMORY_DTYPE", "Network", "Stream", "Trainer", "TrainingDiverged",
-    "evaluate", "load_config", "load_dataset",
+    "evaluate", "load_config", "load_dataset", "Recorder", "TraceError", "Trace",
+    "open_trace",
 ]

@@ -14,6 +14,7 @@ from . import __version__
 from .config import ConfigError, load_config, reference_markdown
 from .data import DataError
 from .experiment import OutputExists, run as run_experiment
+from .record import TraceError
 from .train import TrainingDiverged
 
 
@@ -33,12 +34,15 @@ def main():
 @click.option("--set", "assignments", multiple=True, metavar="TABLE.KEY=VALUE",
               help="Override any config key, value in TOML syntax "
                    "(e.g. --set training.train_layers=[0]). Repeatable.")
+@click.option("--resume", type=click.Path(dir_okay=False, exists=True),
+              metavar="TRACE",
+              help="Continue the run recorded in TRACE from its last snapshot.")
 @click.option("--overwrite", is_flag=True,
               help="Replace a previous run's summary in the output folder.")
 @click.option("-v", "--verbose", count=True, help="More log output (-vv: debug).")
 @click.option("-q", "--quiet", is_flag=True, help="Only errors and the summary.")
-def run(config_path, epochs, seed, out, threads, assignments, overwrite, verbose,
-        quiet):
+def run(config_path, epochs, seed, out, threads, assignments, resume, overwrite,
+        verbose, quiet):
     """Train the network CONFIG describes and probe it.
 
     Prints a progress bar, then the probe accuracy of the trained network
@@ -60,8 +64,9 @@ def run(config_path, epochs, seed, out, threads, assignments, overwrite, verbose
             config = config.replace(**overrides)
         with _ProgressBar(quiet) as bar:
             summary = run_experiment(config, out=out, overwrite=overwrite,
-                                     on_train=bar.update, on_stage=bar.stage)
-    except (ConfigError, DataError, OutputExists, TrainingDiverged,
+                                     on_train=bar.update, on_stage=bar.stage,
+                                     resume=resume)
+    except (ConfigError, DataError, OutputExists, TrainingDiverged, TraceError,
             NotImplementedError, OSError) as err:
         raise click.ClickException(str(err)) from None
     _report(summary)

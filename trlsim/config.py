@@ -1,7 +1,8 @@
 """Typed, validated run settings, read from TOML.
 
-A run is described by seven tables, ``[network]``, ``[rule]``, ``[optimizer]``,
-``[data]``, ``[training]``, ``[probe]`` and ``[output]``, each parsed into a
+A run is described by eight tables, ``[network]``, ``[rule]``, ``[optimizer]``,
+``[data]``, ``[training]``, ``[probe]``, ``[output]`` and ``[record]``, each
+parsed into a
 frozen dataclass. Every key is declared once, as a dataclass field whose
 metadata holds its kind, its valid values and its description. Validation, the
 class docstrings and :func:`reference_markdown` all read that metadata, so the
@@ -124,6 +125,16 @@ def _as_layers(value: Any) -> tuple[int, ...] | None:
     return layers
 
 
+def _as_neurons(value: Any) -> int | tuple[int, ...] | None:
+    if isinstance(value, str) and value == "all":
+        return None
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return int(value)
+    if isinstance(value, str):
+        raise _Invalid('expected "all", a count or a list of neuron indices')
+    return _list_of(_as_int, min_length=1)(value)
+
+
 # Each kind: the converter from a TOML (or Python) value, and its TOML type.
 _KINDS = {
     "int": (_as_int, "integer"),
@@ -134,6 +145,8 @@ _KINDS = {
     "sizes": (_list_of(_as_int, min_length=1), "array of integers"),
     "pair": (_list_of(_as_float, length=2), "array of 2 floats"),
     "layers": (_as_layers, '"all" or array of integers'),
+    "names": (_list_of(_typed((str,), "a string")), "array of strings"),
+    "neurons": (_as_neurons, '"all", an integer or array of integers'),
 }
 
 
@@ -342,6 +355,68 @@ class OutputConfig:
     )
 
 
+RECORD_FIELDS = (
+    "mean", "var", "prev", "losses", "weights", "bias", "lateral", "activations"
+)
+
+
+@_documented
+@dataclasses.dataclass(frozen=True)
+class RecordConfig:
+    """What the HDF5 trace of a run holds, the ``[record]`` table."""
+
+    enabled: bool = _key(False, "bool", "Write an HDF5 trace while the run goes.")
+    file: str | None = _key(
+        None, "path", "Trace file, relative to the run folder; unset: trace.h5."
+    )
+    fields: tuple[str, ...] = _key(
+        ("mean", "var", "prev", "losses"),
+        "names",
+        "What to sample: memory units, loss terms, weights, bias, lateral "
+        "matrices, activations on the probe set.",
+        _one_of(*RECORD_FIELDS),
+    )
+    every: int = _key(
+        10, "int", "Steps between samples of memory units and losses.", _at_least(1)
+    )
+    weights_every: int | None = _key(
+        None,
+        "int",
+        "Steps between samples of weights, bias and lateral; unset: once an epoch.",
+        _at_least(1),
+    )
+    activations_every: int | None = _key(
+        None,
+        "int",
+        "Steps between samples of probe-set activations; unset: once an epoch.",
+        _at_least(1),
+    )
+    layers: tuple[int, ...] | None = _key(
+        None, "layers", "Hidden layers to record (0-based).", _NONNEG
+    )
+    neurons: int | tuple[int, ...] | None = _key(
+        None,
+        "neurons",
+        "Neurons of each recorded layer: \"all\", the first N, or a list.",
+        _NONNEG,
+    )
+    probe_samples: int = _key(
+        500, "int", "Test images whose activations are recorded.", _at_least(1)
+    )
+    compression: str = _key(
+        "none", "str", "Dataset compression.", _one_of("none", "gzip")
+    )
+    flush_seconds: float = _key(
+        5.0, "float", "Longest wait between writes to disk.", _POSITIVE
+    )
+    snapshot_every: int = _key(
+        10,
+        "int",
+        "Epochs between full snapshots (one is always taken at the end).",
+        _at_least(1),
+    )
+
+
 _TABLES: dict[str, type] = {
     "network": NetworkConfig,
     "rule": RuleConfig,
@@ -350,6 +425,7 @@ _TABLES: dict[str, type] = {
     "training": TrainingConfig,
     "probe": ProbeConfig,
     "output": OutputConfig,
+    "record": RecordConfig,
 }
 
 
@@ -430,13 +506,29 @@ def _resolve(
         raise fail("data", "train_limit", f"must be >= batch_size ({data.batch_size})")
 
     n_hidden = len(tables["network"].hidden)
-    for table, key in (("training", "train_layers"), ("probe", "layers")):
+    for table, key in (
+        ("training", "train_layers"),
+        ("probe", "layers"),
+        ("record", "layers"),
+    ):
         for index in getattr(tables[table], key) or ():
             if index >= n_hidden:
                 problem = f"layer {index} out of range; [network] hidden has "
                 raise fail(
                     table, key, problem + f"{n_hidden} layers (0 to {n_hidden - 1})"
                 )
+
+    record = tables["record"]
+    if isinstance(record.neurons, tuple):
+        recorded = record.layers if record.layers is not None else range(n_hidden)
+        smallest = min(tables["network"].hidden[i] for i in recorded)
+        if max(record.neurons) >= smallest:
+            raise fail(
+                "record",
+                "neurons",
+                f"neuron indices must be < {smallest}, the size of the smallest "
+                "recorded layer",
+            )
 
     if data.path is not None:
         path = Path(base_dir or ".", Path(data.path).expanduser()).resolve()
@@ -468,7 +560,7 @@ class Config:
 
     Attributes
     ----------
-    network, rule, optimizer, data, training, probe, output
+    network, rule, optimizer, data, training, probe, output, record
         One dataclass per TOML table; see :func:`reference_markdown`.
     source : str
         Where the settings came from: a file path, ``"Network()"`` or
@@ -488,6 +580,7 @@ class Config:
     training: TrainingConfig = dataclasses.field(default_factory=TrainingConfig)
     probe: ProbeConfig = dataclasses.field(default_factory=ProbeConfig)
     output: OutputConfig = dataclasses.field(default_factory=OutputConfig)
+    record: RecordConfig = dataclasses.field(default_factory=RecordConfig)
     source: str = "<defaults>"
     text: str = dataclasses.field(default="", repr=False)
     given: Mapping[str, Mapping[str, Any]] | None = dataclasses.field(

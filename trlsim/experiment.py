@@ -22,12 +22,14 @@ from . import __version__
 from .data import load_dataset
 from .network import Network
 from .probe import evaluate
+from .record import Recorder, prepare_resume, restore
 from .streams import Stream
-from .train import Trainer
+from .train import Position, Trainer
 
 logger = logging.getLogger(__name__)
 
 SUMMARY_FILE = "summary.json"
+TRACE_FILE = "trace.h5"
 CONFIG_FILE = "config.toml"
 
 
@@ -63,7 +65,8 @@ def prepare_output(folder, overwrite=False):
     return folder
 
 
-def run(config, out=None, overwrite=False, on_train=None, on_stage=None):
+def run(config, out=None, overwrite=False, on_train=None, on_stage=None,
+        resume=None):
     """Train and evaluate the network ``config`` describes.
 
     Parameters
@@ -78,6 +81,9 @@ def run(config, out=None, overwrite=False, on_train=None, on_stage=None):
     on_stage : callable, optional
         Called with a short description as each stage starts (loading,
         baseline probe, training, probe).
+    resume : path, optional
+        A trace of an earlier run of the same configuration: continue from its
+        last snapshot and append to it (see :func:`trlsim.record.prepare_resume`).
 
     Returns
     -------
@@ -85,7 +91,11 @@ def run(config, out=None, overwrite=False, on_train=None, on_stage=None):
         The summary, also written to ``<out>/summary.json``.
     """
     stage = on_stage or (lambda text: None)
-    folder = prepare_output(output_dir(config, out), overwrite)
+    resumed = None
+    if resume is not None:
+        stage(f"resuming from {resume}")
+        resumed = prepare_resume(resume, config.to_dict())
+    folder = prepare_output(output_dir(config, out), overwrite or resumed is not None)
     (folder / CONFIG_FILE).write_text(config.text or _as_toml(config.to_dict()))
     started = datetime.datetime.now(datetime.timezone.utc)
     d, t, p = config.data, config.training, config.probe
@@ -123,12 +133,35 @@ def run(config, out=None, overwrite=False, on_train=None, on_stage=None):
         record["wall_time"] = time.perf_counter() - begin
         return record
 
-    if p.enabled and p.baseline:
+    start = None
+    if resumed is not None:
+        baseline = resumed["attrs"].get("baseline_probe")
+        if baseline is not None:
+            summary["baseline_probe"] = json.loads(baseline)
+        snapshot = resumed["snapshot"]
+        restore(network, snapshot)
+        start = Position(snapshot["epoch"], snapshot["batch"], snapshot["n_steps"])
+        summary["resumed_from"] = {"trace": str(resume), **vars(start)}
+    elif p.enabled and p.baseline:
         summary["baseline_probe"] = probe("untrained network")
 
     trainer = Trainer(network, stream, t.epochs, t.schedule)
+    recorder = None
+    if config.record.enabled:
+        trace_path = Path(resume) if resume else folder / (config.record.file
+                                                           or TRACE_FILE)
+        recorder = make_recorder(config, network, dataset, trace_path,
+                                 trainer.stream.n_batches, overwrite,
+                                 summary.get("baseline_probe"), resume is not None)
+        trainer.observers.append(recorder)
+        summary["trace"] = str(trace_path)
     stage(f"training: {trainer.total_steps} steps")
-    trained = trainer.run(progress=on_train)
+    try:
+        trained = trainer.run(progress=on_train, start=start)
+    except BaseException:
+        if recorder is not None:
+            recorder.close("failed")
+        raise
     summary["training"] = trained.to_dict()
 
     if trained.interrupted:
@@ -137,6 +170,11 @@ def run(config, out=None, overwrite=False, on_train=None, on_stage=None):
             f"stopped by the user after {trained.steps} of {trainer.total_steps} "
             f"steps; the probe was skipped"
         )
+        if recorder is not None:
+            summary["note"] += (
+                f"; the trace holds a snapshot of this point: continue with "
+                f"trlsim run {config.source} --resume {summary['trace']}"
+            )
     else:
         if p.enabled:
             summary["probe"] = probe("trained network")
@@ -145,8 +183,40 @@ def run(config, out=None, overwrite=False, on_train=None, on_stage=None):
         timespec="seconds"
     )
     write_summary(folder, summary)
+    if recorder is not None:
+        recorder.close(summary["status"], results=summary)
     summary["output_dir"] = str(folder)
     return summary
+
+
+def make_recorder(config, network, dataset, path, n_batches, overwrite=False,
+                  baseline_probe=None, resume=False):
+    """The :class:`trlsim.record.Recorder` that ``[record]`` describes."""
+    r = config.record
+    fields = r.fields
+    probe_x = probe_y = None
+    if "activations" in fields:
+        count = min(r.probe_samples, dataset.n_test)
+        probe_x, probe_y = dataset.test_x[:count], dataset.test_y[:count]
+    metadata = {
+        "config": config.text or _as_toml(config.to_dict()),
+        "config_json": json.dumps(config.to_dict()),
+        "dataset": dataset.name,
+        "image_shape": np.array(dataset.image_shape),
+        "n_classes": dataset.n_classes,
+        "batches_per_epoch": n_batches,
+    }
+    if baseline_probe is not None:
+        metadata["baseline_probe"] = json.dumps(baseline_probe)
+    return Recorder(
+        path, network, fields=fields, every=r.every,
+        weights_every=r.weights_every or n_batches,
+        activations_every=r.activations_every or n_batches,
+        layers=r.layers, neurons=r.neurons, probe_x=probe_x, probe_y=probe_y,
+        compression=None if r.compression == "none" else r.compression,
+        flush_seconds=r.flush_seconds, snapshot_every=r.snapshot_every,
+        metadata=metadata, overwrite=overwrite, resume=resume,
+    )
 
 
 def write_summary(folder, summary):

@@ -178,6 +178,37 @@ class Layer:
     def lateral(self, value):
         self._lateral[...] = _checked(value, self._lateral.shape, "lateral")
 
+    def state(self):
+        """Every array that defines this layer's state, by name (no copies).
+
+        Names: ``weights``, ``bias``, ``lateral``, ``mask``, ``neurons`` and the
+        optimizer moments ``<param>_first`` / ``<param>_second``; together with
+        :attr:`optimizer_steps` they are all a snapshot needs.
+        """
+        arrays = {"weights": self._weights, "bias": self._bias,
+                  "lateral": self._lateral, "mask": self.mask,
+                  "neurons": self.neurons}
+        for name, (first, second) in self.moments.items():
+            arrays[f"{name}_first"] = first
+            arrays[f"{name}_second"] = second
+        return arrays
+
+    def load_state(self, arrays, optimizer_steps):
+        """Copy ``arrays`` (as :meth:`state` names them) into this layer."""
+        own = self.state()
+        missing = sorted(set(own) - set(arrays))
+        if missing:
+            raise ValueError(f"layer {self.index} state lacks {', '.join(missing)}")
+        for name, target in own.items():
+            value = np.asarray(arrays[name])
+            if value.shape != target.shape:
+                raise ValueError(
+                    f"layer {self.index} {name}: expected shape {target.shape}, "
+                    f"got {value.shape}"
+                )
+            target[...] = value
+        self.optimizer_steps = int(optimizer_steps)
+
     def __repr__(self):
         return f"<Layer {self.index}: {self.n_inputs} -> {self.n_neurons}>"
 

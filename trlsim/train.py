@@ -25,6 +25,8 @@ Examples
 >>> result = Trainer(net, stream, epochs=2, schedule="greedy").run()
 >>> result.steps, [phase.layers for phase in result.phases]
 (32, [[0], [1]])
+>>> result.position
+Position(epoch=4, batch=0, step=32)
 """
 
 import logging
@@ -53,6 +55,21 @@ class Phase:
 
 
 @dataclass
+class Position:
+    """Where a run stands: the next batch to learn from.
+
+    ``epoch`` counts passes over the data from 0 across all phases (greedy runs
+    continue the count from one layer's phase to the next), ``batch`` is the
+    index of the next batch within that epoch and ``step`` the number of
+    learning steps taken so far.
+    """
+
+    epoch: int = 0
+    batch: int = 0
+    step: int = 0
+
+
+@dataclass
 class Progress:
     """What a progress callback receives, every ``report_every`` steps."""
 
@@ -72,15 +89,21 @@ class TrainResult:
 
     ``history`` holds one record per finished epoch: the phase, the learning
     layers and, per layer, the mean of each loss term over the epoch's steps.
+    Counts (``steps``, ``samples``) are of this call; ``position`` is where the
+    run stands, resumed runs included.
     """
 
     phases: list
+    position: Position = field(default_factory=Position)
     steps: int = 0
     samples: int = 0
-    epochs_completed: int = 0
     wall_time: float = 0.0
     interrupted: bool = False
     history: list = field(default_factory=list)
+
+    @property
+    def epochs_completed(self):
+        return self.position.epoch
 
     @property
     def samples_per_second(self):
@@ -92,6 +115,7 @@ class TrainResult:
             "steps": self.steps,
             "samples": self.samples,
             "epochs_completed": self.epochs_completed,
+            "position": vars(self.position),
             "wall_time": self.wall_time,
             "samples_per_second": self.samples_per_second,
             "interrupted": self.interrupted,
@@ -121,10 +145,16 @@ class Trainer:
     schedule : {"greedy", "concurrent"}
     report_every : int
         Steps between progress reports.
+    observers : sequence, optional
+        Objects told about the run as it goes (a recorder, for instance): each
+        may define ``after_step(network, position, losses)``,
+        ``after_epoch(network, position)`` and ``at_end(network, position,
+        interrupted)``, where ``position`` is the :class:`Position` after the
+        step or epoch.
     """
 
     def __init__(self, network, stream, epochs, schedule="concurrent",
-                 report_every=20):
+                 report_every=20, observers=()):
         if stream.n_features != network.layers[0].n_inputs:
             raise ValueError(
                 f"the stream's rows have {stream.n_features} values but the "
@@ -134,75 +164,111 @@ class Trainer:
         self.stream = stream
         self.phases = phases_for(schedule, network.learning, epochs)
         self.report_every = report_every
+        self.observers = list(observers)
         self._stop = threading.Event()
 
     @property
+    def total_epochs(self):
+        return sum(p.epochs for p in self.phases)
+
+    @property
     def total_steps(self):
-        return sum(p.epochs for p in self.phases) * self.stream.n_batches
+        return self.total_epochs * self.stream.n_batches
 
     def stop(self):
         """Ask the run to stop after the step in progress."""
         self._stop.set()
 
-    def run(self, progress=None):
+    def _notify(self, event, *args):
+        for observer in self.observers:
+            method = getattr(observer, event, None)
+            if method is not None:
+                method(self.network, *args)
+
+    def run(self, progress=None, start=None):
         """Train through every phase; returns a :class:`TrainResult`.
+
+        Parameters
+        ----------
+        progress : callable, optional
+            Receives a :class:`Progress` every ``report_every`` steps.
+        start : Position, optional
+            Continue from here (a resumed run): earlier epochs and batches are
+            skipped. The network must hold the state it had at that point.
 
         Ctrl-C (SIGINT) during the run, or :meth:`stop`, ends it after the step
         in progress, so the network is never left half-updated; the result then
         has ``interrupted`` set. A loss that is not finite raises
         :class:`TrainingDiverged`.
         """
-        result = TrainResult(phases=self.phases)
+        position = Position(**vars(start)) if start is not None else Position()
+        if not 0 <= position.epoch <= self.total_epochs:
+            raise ValueError(
+                f"cannot start at epoch {position.epoch}: the run has "
+                f"{self.total_epochs} epochs"
+            )
+        result = TrainResult(phases=self.phases, position=position)
         n_layers = len(self.network.layers)
-        start = time.perf_counter()
-        epoch_index = 0
+        clock = time.perf_counter()
         with _stop_on_sigint(self._stop):
+            first_epoch = 0
             for phase_index, phase in enumerate(self.phases):
+                epochs = range(first_epoch, first_epoch + phase.epochs)
+                first_epoch += phase.epochs
+                if position.epoch >= epochs.stop:
+                    continue
                 logger.info("phase %d: layers %s learn for %d epochs",
                             phase_index, phase.layers, phase.epochs)
-                for _ in range(phase.epochs):
+                for epoch in range(position.epoch, epochs.stop):
                     sums = np.zeros((n_layers, len(LOSS_TERMS)))
                     n_steps = 0
-                    for xb, _yb in self.stream.epoch(epoch_index):
+                    for xb, _yb in self.stream.epoch(epoch, start=position.batch):
                         losses = self.network.step(xb, learning=phase.layers)
                         terms = np.array([[d[k] for k in LOSS_TERMS] for d in losses])
                         if not np.isfinite(terms).all():
                             raise TrainingDiverged(
                                 f"a loss became non-finite at step "
-                                f"{self.network.n_steps} (epoch {epoch_index + 1}); "
+                                f"{self.network.n_steps} (epoch {epoch + 1}); "
                                 f"per-layer losses: {losses}. Lower learning_rate, "
                                 f"raise c_var, or check the input scaling."
                             )
                         sums += terms
                         n_steps += 1
+                        position.batch += 1
+                        position.step += 1
                         result.steps += 1
                         result.samples += xb.shape[0]
+                        self._notify("after_step", position, losses)
                         if progress and result.steps % self.report_every == 0:
-                            elapsed = time.perf_counter() - start
+                            elapsed = time.perf_counter() - clock
                             progress(Progress(
-                                phase_index, len(self.phases), epoch_index,
-                                result.steps, self.total_steps, result.samples,
+                                phase_index, len(self.phases), epoch,
+                                position.step, self.total_steps, result.samples,
                                 result.samples / elapsed, losses,
                             ))
                         if self._stop.is_set():
                             break
                     if n_steps:
-                        means = sums / n_steps
                         result.history.append({
-                            "epoch": epoch_index + 1,
+                            "epoch": epoch + 1,
                             "phase": phase_index,
                             "learning": list(phase.layers),
+                            "steps": n_steps,
                             "losses": [dict(zip(LOSS_TERMS, map(float, row)))
-                                       for row in means],
+                                       for row in sums / n_steps],
                         })
-                    if self._stop.is_set():
+                    if self._stop.is_set() and position.batch < self.stream.n_batches:
                         result.interrupted = True
                         break
-                    epoch_index += 1
-                    result.epochs_completed = epoch_index
+                    position.epoch, position.batch = epoch + 1, 0
+                    self._notify("after_epoch", position)
+                    if self._stop.is_set():
+                        result.interrupted = position.epoch < self.total_epochs
+                        break
                 if result.interrupted:
                     break
-        result.wall_time = time.perf_counter() - start
+        result.wall_time = time.perf_counter() - clock
+        self._notify("at_end", position, result.interrupted)
         return result
 
 
