@@ -68,6 +68,7 @@ MEMORY_FIELDS = ("mean", "var", "prev")
 DEFAULT_FIELDS = ("mean", "var", "prev", "losses")
 LOSS_COLUMNS = (*LOSS_TERMS, "total")
 CADENCES = ("state", "weights", "activations")
+STATUS_DTYPE = "S16"
 
 
 class TraceError(Exception):
@@ -178,11 +179,13 @@ class Recorder:
             )
         folder = self.path.parent
         if not folder.is_dir():
-            raise TraceError(f"cannot write trace {self.path}: folder {folder} "
-                             f"does not exist")
+            state = "is not a folder" if folder.exists() else "does not exist"
+            raise TraceError(f"cannot write trace {self.path}: {folder} {state}")
         if not os.access(folder, os.W_OK):
             raise TraceError(f"cannot write trace {self.path}: folder {folder} "
                              f"is not writable")
+        # Build the file aside and move it in place whole, so a failure leaves
+        # nothing behind and never a half-made trace under the real name.
         partial = self.path.with_name(self.path.name + ".partial")
         try:
             with h5py.File(partial, "w", libver="latest") as f:
@@ -191,6 +194,9 @@ class Recorder:
         except OSError as err:
             partial.unlink(missing_ok=True)
             raise TraceError(f"cannot write trace {self.path}: {err}") from err
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
         self._open_existing()
 
     def _open_existing(self):
@@ -215,8 +221,9 @@ class Recorder:
         f.attrs["seed"] = net.seed
         f.attrs["fields"] = json.dumps(list(self.fields))
         for key, value in self.metadata.items():
-            f.attrs[key] = value if not isinstance(value, (dict, list)) else json.dumps(
-                value)
+            if value is not None:
+                f.attrs[key] = (json.dumps(value) if isinstance(value, (dict, list))
+                                else value)
 
         for cadence in CADENCES:
             group = f.create_group(f"steps/{cadence}")
@@ -269,8 +276,13 @@ class Recorder:
                 group.create_dataset(name, (0, *array.shape),
                                      maxshape=(None, *array.shape), dtype=array.dtype,
                                      chunks=(1, *array.shape))
+        # Status and summary are datasets, not attributes: they change at the
+        # end of the run, and SWMR allows writing datasets, not attributes.
         results = f.create_group("results")
-        results.attrs["status"] = "running"
+        results.create_dataset("status", data=np.bytes_("running"), dtype=STATUS_DTYPE)
+        results.create_dataset("summary", (0,), maxshape=(None,), dtype="u1",
+                               chunks=(1 << 14,))
+        results["summary"].attrs["description"] = "run summary, UTF-8 JSON text"
 
     def _sample_shape(self, name, layer, index):
         n = len(self.neurons[index])
@@ -289,14 +301,13 @@ class Recorder:
         """
         if self.file is None:
             return
-        self.flush()
-        self.file.close()
-        self.file = None
-        # Attributes cannot change while SWMR writing: reopen plainly for them.
-        with h5py.File(self.path, "r+", libver="latest") as f:
-            f["results"].attrs["status"] = status
-            if results is not None:
-                f["results"].attrs["summary"] = json.dumps(results)
+        try:
+            self.flush()
+            write_results(self.file, status, results)
+            self.file.flush()
+        finally:
+            self.file.close()
+            self.file = None
 
     def __enter__(self):
         return self
@@ -411,6 +422,22 @@ class Recorder:
                     _extend(group[name], array[None])
         self.file.flush()
         self._last_snapshot_step = network.n_steps
+
+
+def write_results(f, status, summary=None):
+    """Store the run's status (and summary) in ``/results`` of an open trace."""
+    f["results/status"][()] = np.bytes_(status)
+    if summary is not None:
+        text = np.frombuffer(json.dumps(summary).encode(), dtype=np.uint8)
+        f["results/summary"].resize(text.size, axis=0)
+        f["results/summary"][:] = text
+
+
+def read_results(f):
+    """``(status, summary or None)`` of an open trace."""
+    status = f["results/status"][()].decode()
+    raw = f["results/summary"][()]
+    return status, (json.loads(raw.tobytes().decode()) if raw.size else None)
 
 
 def _extend(dataset, block):
@@ -539,7 +566,7 @@ def prepare_resume(path, config_dict, ignore=("output", "record.file")):
             for name in src:
                 src.copy(src[name], dst, name=name)
             _truncate_after(dst, snapshot)
-            dst["results"].attrs["status"] = "running"
+            write_results(dst, "running")
     os.replace(partial, path)
     return {"snapshot": snapshot, "attrs": attrs}
 

@@ -17,7 +17,15 @@ import json
 import h5py
 import numpy as np
 
-from .record import FIELDS, LOSS_COLUMNS, TraceError, check_format, read_snapshot, restore
+from .record import (
+    FIELDS,
+    LOSS_COLUMNS,
+    TraceError,
+    check_format,
+    read_results,
+    read_snapshot,
+    restore,
+)
 
 
 def open_trace(path):
@@ -78,7 +86,7 @@ class Trace:
 
     def refresh(self):
         """See what a live writer appended since the trace was opened."""
-        for name in ("steps", "layers", "snapshots"):
+        for name in ("steps", "layers", "snapshots", "results"):
             if name in self._file:
                 self._file[name].visititems(
                     lambda _, obj: obj.refresh() if isinstance(obj, h5py.Dataset)
@@ -86,13 +94,14 @@ class Trace:
 
     @property
     def status(self):
-        return str(self._file["results"].attrs.get("status", "unknown"))
+        self._file["results/status"].refresh()
+        return read_results(self._file)[0]
 
     @property
     def summary(self):
         """The run summary stored at the end (a dict), or None."""
-        text = self._file["results"].attrs.get("summary")
-        return None if text is None else json.loads(text)
+        self._file["results/summary"].refresh()
+        return read_results(self._file)[1]
 
     @property
     def file(self):
