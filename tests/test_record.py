@@ -682,7 +682,7 @@ def test_resume_after_sigint_equals_the_uninterrupted_run(
         assert trace.status == "interrupted"
         assert trace.snapshot_steps()[-1] == position["step"]
         last = trace.snapshot(-1)
-        assert (last["epoch"], last["batch"], last["n_steps"]) == (
+        assert (last["epoch"], last["batch"], last["step"]) == (
             position["epoch"], position["batch"], position["step"])
         assert trace.steps("var")[-1] <= position["step"]
         interruption_row = trace.n_snapshots - 1

@@ -24,6 +24,10 @@ from .kernels.scalar import ACTIVATION_CODES
 logger = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "cpu", "cuda")
+
+
+class BackendError(ValueError):
+    """A backend cannot run as asked (its message says what to change)."""
 _announced_auto = False
 
 
@@ -45,7 +49,7 @@ def get_backend(name="auto", threads=None):
             "backend 'cuda' is not available: this version of trlsim has CPU "
             "kernels only. Use backend = \"cpu\" (or \"auto\")."
         )
-    raise ValueError(f"unknown backend {name!r}; valid: {', '.join(BACKENDS)}")
+    raise BackendError(f"unknown backend {name!r}; valid: {', '.join(BACKENDS)}")
 
 
 class CPUBackend:
@@ -62,9 +66,10 @@ class CPUBackend:
     def __init__(self, threads=None):
         if threads is not None:
             if threads > numba.config.NUMBA_NUM_THREADS:
-                raise ValueError(
+                raise BackendError(
                     f"threads = {threads} is more than the "
-                    f"{numba.config.NUMBA_NUM_THREADS} Numba can use here"
+                    f"{numba.config.NUMBA_NUM_THREADS} Numba can use here; set "
+                    f"[training] threads (or --threads) to at most that"
                 )
             numba.set_num_threads(threads)
         self._workspaces = {}

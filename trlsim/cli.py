@@ -12,6 +12,7 @@ import click
 
 from . import __version__
 from .config import ConfigError, load_config, reference_markdown
+from .backend import BackendError
 from .data import DataError
 from .experiment import OutputExists, run as run_experiment
 from .record import TraceError
@@ -67,7 +68,7 @@ def run(config_path, epochs, seed, out, threads, assignments, resume, overwrite,
                                      on_train=bar.update, on_stage=bar.stage,
                                      resume=resume)
     except (ConfigError, DataError, OutputExists, TrainingDiverged, TraceError,
-            NotImplementedError, OSError) as err:
+            BackendError, NotImplementedError, OSError) as err:
         raise click.ClickException(str(err)) from None
     _report(summary)
     if summary["status"] == "interrupted":
@@ -176,6 +177,220 @@ def _setup_logging(verbose, quiet):
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("numba").setLevel(max(level, logging.WARNING))
     logging.captureWarnings(True)
+
+
+# -- reading traces ----------------------------------------------------------------
+# matplotlib and the analysis modules are imported inside these commands, so
+# that `trlsim run` does not pay for them.
+
+
+@main.command()
+@click.argument("trace_path", metavar="TRACE", type=click.Path(dir_okay=False))
+def inspect(trace_path):
+    """Summarise the trace TRACE: run, recorded fields, snapshots, results."""
+    from .trace import open_trace
+
+    try:
+        with open_trace(trace_path) as trace:
+            click.echo("\n".join(_describe_trace(trace)))
+    except (TraceError, KeyError, ValueError, OSError) as err:
+        raise click.ClickException(_message(err)) from None
+
+
+@main.command()
+@click.argument("trace_path", metavar="TRACE", type=click.Path(dir_okay=False))
+@click.argument("kind", metavar="KIND")
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(),
+    help="File to write (.png, .pdf or .svg); with KIND 'all', a folder.",
+)
+@click.option(
+    "--layer",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Hidden layer of the per-layer plots.",
+)
+@click.option(
+    "--dpi", type=int, default=150, show_default=True, help="Resolution of PNG files."
+)
+def plot(trace_path, kind, output, layer, dpi):
+    """Draw a plot of the trace TRACE.
+
+    KIND is one of: losses, memory, receptive-fields, lateral, selectivity,
+    probe; or 'all' to write every plot the trace can make into the folder
+    OUTPUT as PNG files, skipping those whose fields were not recorded.
+    """
+    from pathlib import Path
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from .analysis import MissingDataError
+    from .plots import LAYER_ARGUMENT, PLOTS, save_plot
+    from .trace import open_trace
+
+    if kind != "all" and kind not in PLOTS:
+        raise click.BadParameter(
+            f"{kind!r}; choose one of: {', '.join(PLOTS)}, all", param_hint="KIND"
+        )
+    try:
+        with open_trace(trace_path) as trace:
+            if kind != "all":
+                layer_option = None if LAYER_ARGUMENT[kind] is None else layer
+                path = save_plot(trace, kind, output, layer=layer_option, dpi=dpi)
+                click.echo(f"wrote {path}")
+                return
+            folder = Path(output)
+            folder.mkdir(parents=True, exist_ok=True)
+            for name in PLOTS:
+                layer_option = None if LAYER_ARGUMENT[name] is None else layer
+                try:
+                    path = save_plot(
+                        trace, name, folder / f"{name}.png", layer=layer_option, dpi=dpi
+                    )
+                except (MissingDataError, ValueError) as err:
+                    click.echo(f"skipped {name}: {err}")
+                else:
+                    click.echo(f"wrote {path}")
+    except (TraceError, KeyError, ValueError, OSError) as err:
+        raise click.ClickException(_message(err)) from None
+
+
+def _message(err):
+    # A KeyError's str() is the repr of its argument; show the text itself.
+    return str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
+
+
+def _describe_trace(trace):
+    """The lines ``trlsim inspect`` prints."""
+    from .record import FIELDS
+
+    attrs, f = trace.attrs, trace.file
+    versions = attrs.get("versions") or {}
+    sizes = "-".join(map(str, trace.layer_sizes))
+    lines = [
+        f"trace:       {trace.path}",
+        f"format:      {attrs.get('format')} version {attrs.get('format_version')}, "
+        f"written by trlsim {versions.get('trlsim', '?')} "
+        f"(created {attrs.get('created', '?')})",
+        f"status:      {trace.status}",
+        f"network:     {sizes}, rule {attrs.get('rule', '?')}, "
+        f"seed {attrs.get('seed', '?')}",
+    ]
+    if "dataset" in attrs:
+        details = [str(attrs["dataset"])]
+        if "image_shape" in attrs:
+            details.append("images " + "x".join(map(str, attrs["image_shape"])))
+        if "n_classes" in attrs:
+            details.append(f"{attrs['n_classes']} classes")
+        if "batches_per_epoch" in attrs:
+            details.append(f"{attrs['batches_per_epoch']} batches per epoch")
+        lines.append(f"dataset:     {', '.join(details)}")
+
+    subsets = []
+    for index in trace.layers:
+        group = f[f"layers/{index}"]
+        n_rec, n_all = len(group.attrs["neurons"]), int(group.attrs["n_neurons"])
+        if n_rec != n_all:
+            subsets.append(f"layer {index}: {n_rec} of {n_all}")
+    lines.append(
+        f"recorded:    layers {', '.join(map(str, trace.layers)) or 'none'}, "
+        f"neurons: {', '.join(subsets) if subsets else 'all'}"
+    )
+    if trace.fields:
+        header = " | ".join(f"layer {i}" for i in trace.layers)
+        rows = [
+            (
+                "field",
+                "every",
+                "records",
+                "steps",
+                f"shape per record " f"({header})",
+                "units",
+            )
+        ]
+        for field in trace.fields:
+            cadence = FIELDS[field][0]
+            steps = f[f"steps/{cadence}/step"]
+            datasets = [
+                f[f"layers/{i}/{field}"]
+                for i in trace.layers
+                if f"layers/{i}/{field}" in f
+            ]
+            count = min([steps.shape[0], *(ds.shape[0] for ds in datasets)])
+            span = f"{steps[0]}..{steps[count - 1]}" if count else "-"
+            shapes = " | ".join("x".join(map(str, ds.shape[1:])) for ds in datasets)
+            units = datasets[0].attrs.get("units", "") if datasets else ""
+            rows.append(
+                (
+                    field,
+                    str(f[f"steps/{cadence}"].attrs["every"]),
+                    str(count),
+                    span,
+                    shapes,
+                    str(units),
+                )
+            )
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+        for row in rows:
+            lines.append(
+                "  "
+                + "  ".join(
+                    cell.ljust(width) for cell, width in zip(row, widths)
+                ).rstrip()
+            )
+    else:
+        lines.append("  no fields")
+    if "probe_set/x" in f:
+        labels = "with labels" if "probe_set/y" in f else "without labels"
+        lines.append(f"probe set:   {f['probe_set/x'].shape[0]} inputs {labels}")
+
+    steps = [int(s) for s in trace.snapshot_steps()]
+    if len(steps) > 8:
+        shown = (
+            ", ".join(map(str, steps[:3])) + ", ..., " + ", ".join(map(str, steps[-2:]))
+        )
+    else:
+        shown = ", ".join(map(str, steps))
+    lines.append(
+        f"snapshots:   {len(steps)}" + (f", at steps {shown}" if steps else "")
+    )
+    lines.extend(_describe_results(trace))
+    return lines
+
+
+def _describe_results(trace):
+    summary = trace.summary or {}
+    baseline = summary.get("baseline_probe") or trace.attrs.get("baseline_probe")
+
+    def accuracy(result):
+        return (
+            f"test {100 * result['test_accuracy']:.2f}%, train "
+            f"{100 * result['train_accuracy']:.2f}% ({result['epochs']} epochs)"
+        )
+
+    if trace.summary is None:
+        lines = [f"results:     none stored yet (status {trace.status})"]
+    else:
+        lines = ["results:"]
+    if "probe" in summary:
+        lines.append(f"  probe:     {accuracy(summary['probe'])}")
+    if isinstance(baseline, dict):
+        lines.append(f"  untrained: {accuracy(baseline)}")
+    training = summary.get("training")
+    if training:
+        lines.append(
+            f"  training:  {training['steps']} steps, {training['samples']:,} "
+            f"samples in {training['wall_time']:.1f} s "
+            f"({training['samples_per_second']:,.0f} samples/s)"
+        )
+    if "note" in summary:
+        lines.append(f"  note:      {summary['note']}")
+    return lines
 
 
 if __name__ == "__main__":

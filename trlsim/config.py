@@ -518,7 +518,11 @@ def _resolve(
                     table, key, problem + f"{n_hidden} layers (0 to {n_hidden - 1})"
                 )
 
+    if tables["probe"].layers == ():
+        raise fail("probe", "layers", 'must name at least one layer, or "all"')
     record = tables["record"]
+    if record.layers == ():
+        raise fail("record", "layers", 'must name at least one layer, or "all"')
     if isinstance(record.neurons, tuple):
         recorded = record.layers if record.layers is not None else range(n_hidden)
         smallest = min(tables["network"].hidden[i] for i in recorded)

@@ -96,7 +96,11 @@ def run(config, out=None, overwrite=False, on_train=None, on_stage=None,
         stage(f"resuming from {resume}")
         resumed = prepare_resume(resume, config.to_dict())
     folder = prepare_output(output_dir(config, out), overwrite or resumed is not None)
-    (folder / CONFIG_FILE).write_text(config.text or _as_toml(config.to_dict()))
+    (folder / CONFIG_FILE).write_text(
+        f"# Settings of this run, every key resolved (from {config.source}).\n"
+        f"# `trlsim run` on this file repeats the run.\n\n"
+        + _as_toml(config.to_dict())
+    )
     started = datetime.datetime.now(datetime.timezone.utc)
     d, t, p = config.data, config.training, config.probe
 

@@ -245,12 +245,12 @@ class Network:
     """
 
     def __init__(self, layer_sizes, rule="trl-s", seed=0, **settings):
-        sizes = _layer_sizes(layer_sizes)
         if "hidden" in settings:
             raise TypeError(
                 "Network(): give the layer sizes as the first argument, "
                 "e.g. Network([784, 512, 256]), not as hidden="
             )
+        sizes = _layer_sizes(layer_sizes)
         if "chunk_size" in settings and "batch_size" not in settings:
             # The batch size matters to step() only through chunk_size; pick a
             # multiple of it near the paper's 64 so TRL's check passes.
@@ -325,6 +325,12 @@ class Network:
                 f"has {x.shape[0]} rows, which is not a multiple of chunk_size"
             )
         learning = self.learning if learning is None else set(learning)
+        unknown = sorted(i for i in learning if not 0 <= i < len(self.layers))
+        if unknown:
+            raise IndexError(
+                f"cannot let layer {', '.join(map(str, unknown))} learn: the "
+                f"network has layers 0..{len(self.layers) - 1}"
+            )
         terms = self.backend.step(self, x, learning)
         self.n_steps += 1
 

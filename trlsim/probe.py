@@ -12,8 +12,8 @@ Examples
 >>> rng = np.random.default_rng(0)
 >>> x = rng.normal(size=(200, 5)).astype(np.float32)
 >>> y = (x[:, 0] > 0).astype(np.int64)
->>> probe = LinearProbe(5, 2, learning_rate=1e-2, seed=0)
->>> history = probe.fit(x, y, epochs=5)
+>>> probe = LinearProbe(5, 2, learning_rate=1e-2, batch_size=16, seed=0)
+>>> history = probe.fit(x, y, epochs=20)
 >>> probe.score(x, y) > 0.9
 True
 """

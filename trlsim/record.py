@@ -69,6 +69,9 @@ DEFAULT_FIELDS = ("mean", "var", "prev", "losses")
 LOSS_COLUMNS = (*LOSS_TERMS, "total")
 CADENCES = ("state", "weights", "activations")
 STATUS_DTYPE = "S16"
+# SWMR needs the HDF5 1.10 file format; capping it there keeps traces readable
+# by every HDF5 tool from 1.10 on.
+LIBVER = ("v110", "v110")
 
 
 class TraceError(Exception):
@@ -188,7 +191,7 @@ class Recorder:
         # nothing behind and never a half-made trace under the real name.
         partial = self.path.with_name(self.path.name + ".partial")
         try:
-            with h5py.File(partial, "w", libver="latest") as f:
+            with h5py.File(partial, "w", libver=LIBVER) as f:
                 self._layout(f)
             os.replace(partial, self.path)
         except OSError as err:
@@ -201,7 +204,7 @@ class Recorder:
 
     def _open_existing(self):
         try:
-            self.file = h5py.File(self.path, "r+", libver="latest")
+            self.file = h5py.File(self.path, "r+", libver=LIBVER)
             self.file.swmr_mode = True
         except OSError as err:
             raise TraceError(f"cannot open trace {self.path} for writing: {err}") from err
@@ -261,11 +264,11 @@ class Recorder:
                     ds.attrs["columns"] = list(LOSS_COLUMNS)
 
         snaps = f.create_group("snapshots")
-        for name in ("step", "epoch", "batch", "n_steps"):
+        for name in ("step", "epoch", "batch"):
             snaps.create_dataset(name, (0,), maxshape=(None,), dtype="i8", chunks=(64,))
         snaps.attrs["description"] = (
-            "full network state; position = next batch (epoch, batch) after "
-            "n_steps learning steps")
+            "full network state after `step` learning steps; the run goes on "
+            "with batch `batch` of epoch `epoch`")
         for layer in net.layers:
             group = snaps.create_group(f"layers/{layer.index}")
             group.create_dataset("optimizer_steps", (0,), maxshape=(None,),
@@ -387,11 +390,13 @@ class Recorder:
             for cadence, buffer in self._buffers.items():
                 if not buffer["step"]:
                     continue
+                # Fields before their step index: a live reader never sees a
+                # step whose sample is not there yet.
+                for (index, name), values in buffer["data"].items():
+                    _extend(self.file[f"layers/{index}/{name}"], np.stack(values))
                 group = self.file[f"steps/{cadence}"]
                 _extend(group["step"], np.array(buffer["step"], np.int64))
                 _extend(group["epoch"], np.array(buffer["epoch"], np.int64))
-                for (index, name), values in buffer["data"].items():
-                    _extend(self.file[f"layers/{index}/{name}"], np.stack(values))
                 buffer["step"].clear()
                 buffer["epoch"].clear()
                 buffer["data"].clear()
@@ -412,7 +417,7 @@ class Recorder:
         snaps = self.file["snapshots"]
         epoch, batch = (position.epoch, position.batch) if position else (0, 0)
         for name, value in (("step", network.n_steps), ("epoch", epoch),
-                            ("batch", batch), ("n_steps", network.n_steps)):
+                            ("batch", batch)):
             _extend(snaps[name], np.array([value], np.int64))
         for layer in network.layers:
             group = snaps[f"layers/{layer.index}"]
@@ -470,7 +475,8 @@ def read_snapshot(path_or_file, which=-1):
     Returns
     -------
     dict
-        ``step``, ``epoch``, ``batch``, ``n_steps`` and ``layers``: a list of
+        ``step`` (learning steps taken, also as ``n_steps``), ``epoch``,
+        ``batch`` (where the run goes on) and ``layers``: a list of
         ``(arrays, optimizer_steps)`` as :meth:`trlsim.network.Layer.load_state`
         takes them (masks come from the trace's layer groups or the network).
     """
@@ -490,9 +496,9 @@ def read_snapshot(path_or_file, which=-1):
             arrays = {name: group[name][which] for name in group
                       if name != "optimizer_steps"}
             layers.append((arrays, int(group["optimizer_steps"][which])))
-        return {"index": which, "layers": layers,
-                **{k: int(snaps[k][which]) for k in ("step", "epoch", "batch",
-                                                     "n_steps")}}
+        position = {k: int(snaps[k][which]) for k in ("step", "epoch", "batch")}
+        return {"index": which, "layers": layers, "n_steps": position["step"],
+                **position}
     finally:
         if own:
             f.close()
@@ -515,7 +521,11 @@ def check_format(f):
     if f.attrs.get("format") != FORMAT:
         raise TraceError(f"{f.filename} is not a trlsim trace (no format attribute "
                          f"{FORMAT!r})")
-    version = int(f.attrs.get("format_version", -1))
+    try:
+        version = int(f.attrs.get("format_version", -1))
+    except (TypeError, ValueError):
+        raise TraceError(f"{f.filename} has an unreadable format_version "
+                         f"{f.attrs.get('format_version')!r}") from None
     if version > FORMAT_VERSION or version < 1:
         raise TraceError(
             f"{f.filename} has trace format version {version}; this trlsim "
@@ -560,7 +570,7 @@ def prepare_resume(path, config_dict, ignore=("output", "record.file")):
         snapshot = read_snapshot(src)
         attrs = dict(src.attrs)
         partial = path.with_name(path.name + ".resume-partial")
-        with h5py.File(partial, "w", libver="latest") as dst:
+        with h5py.File(partial, "w", libver=LIBVER) as dst:
             for key, value in src.attrs.items():
                 dst.attrs[key] = value
             for name in src:

@@ -28,6 +28,11 @@ from .record import (
 )
 
 
+#: Root attributes stored as JSON text, decoded on reading.
+JSON_ATTRIBUTES = ("versions", "settings", "network_config", "fields", "config_json",
+                   "baseline_probe")
+
+
 def open_trace(path):
     """Open a trace for reading; see :class:`Trace`."""
     return Trace(path)
@@ -59,16 +64,17 @@ class Trace:
             raise TraceError(f"{self.path}: no such trace file") from None
         except OSError as err:
             raise TraceError(f"{self.path}: cannot open as HDF5 ({err})") from None
-        check_format(self._file)
+        try:
+            check_format(self._file)
+        except TraceError:
+            self._file.close()
+            raise
         self.attrs = {}
         for key, value in self._file.attrs.items():
             if isinstance(value, bytes):
                 value = value.decode()
-            if isinstance(value, str) and value[:1] in "{[":
-                try:
-                    value = json.loads(value)
-                except ValueError:
-                    pass
+            if key in JSON_ATTRIBUTES:
+                value = json.loads(value)
             self.attrs[key] = value
         self.layer_sizes = [int(n) for n in self.attrs["layer_sizes"]]
         self.layers = sorted(int(k) for k in self._file.get("layers", {}))
@@ -124,9 +130,10 @@ class Trace:
 
         ``(n_records, n_neurons)`` for memory units and bias,
         ``(n_records, 5)`` for losses (columns :data:`LOSS_COLUMNS`),
-        ``(n_records, n_neurons, n_inputs)`` for weights, ``(n_records,
-        n_neurons, n_neurons)`` for lateral and ``(n_records, n_samples,
-        n_neurons)`` for activations on the probe set.
+        ``(n_records, n_recorded, n_inputs)`` for weights, ``(n_records,
+        n_recorded, n_neurons)`` for lateral (rows of the recorded neurons) and
+        ``(n_records, n_samples, n_recorded)`` for activations on the probe
+        set, where ``n_recorded`` counts the neurons :meth:`neurons` lists.
         """
         ds = self._dataset(field, layer)
         return ds if lazy else ds[()]
@@ -137,6 +144,7 @@ class Trace:
         return self._file[f"steps/{cadence}/step"][()]
 
     def epochs(self, field):
+        """Epoch (from 0) in which each sample of ``field`` was made."""
         cadence = FIELDS[field][0]
         return self._file[f"steps/{cadence}/epoch"][()]
 

@@ -125,12 +125,14 @@ class TrainResult:
 
 def phases_for(schedule, learning, epochs):
     """The phases of a schedule over the learning layers ``learning``."""
+    if schedule not in ("greedy", "concurrent"):
+        raise ValueError(
+            f"unknown schedule {schedule!r}; use 'greedy' or 'concurrent'"
+        )
     learning = sorted(learning)
     if schedule == "concurrent" or not learning:
         return [Phase(learning, epochs)]
-    if schedule == "greedy":
-        return [Phase([layer], epochs) for layer in learning]
-    raise ValueError(f"unknown schedule {schedule!r}; use 'greedy' or 'concurrent'")
+    return [Phase([layer], epochs) for layer in learning]
 
 
 class Trainer:
