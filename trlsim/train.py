@@ -203,6 +203,7 @@ class Trainer:
         has ``interrupted`` set. A loss that is not finite raises
         :class:`TrainingDiverged`.
         """
+        self._stop.clear()
         position = Position(**vars(start)) if start is not None else Position()
         if not 0 <= position.epoch <= self.total_epochs:
             raise ValueError(
