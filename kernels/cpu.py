@@ -24,7 +24,16 @@ cached on disk by Numba, so a new process does not compile them again.
 import numpy as np
 from numba import njit, prange
 
-from .scalar import activate, activation_slope, optimizer_row
+from .scalar import (
+    ADAM,
+    OPT_KIND,
+    OPT_STEP_SIZE,
+    activate,
+    activation_slope,
+    bias_corrected,
+    optimizer_element,
+    optimizer_row,
+)
 
 # Reassociation lets LLVM vectorise the dot products; NaN and infinity keep
 # their IEEE meaning so that a diverging run is still detected.
@@ -419,3 +428,225 @@ def optimizer_update(params, grads, first, second, opt):
             optimizer_row(params[lo:hi], grads[lo:hi], first[lo:hi], second[lo:hi], opt)
         else:
             optimizer_row(params[lo:hi], grads[lo:hi], first[lo:hi], second, opt)
+
+
+# Online mode (spec section 7): one sample per step.
+_ONE = np.ones(1, dtype=np.float32)
+
+
+@njit(inline="always", fastmath=FASTMATH, cache=True)
+def _rank_one_step(params, first, second, x, g, opt, adam):
+    """Optimizer step on ``params`` for the gradient ``g * x``, computed on the
+    fly (one sample's Hebbian update needs no gradient buffer)."""
+    if adam:
+        for i in range(params.shape[0]):
+            params[i], first[i], second[i] = optimizer_element(
+                params[i], g * x[i], first[i], second[i], opt)
+    else:
+        for i in range(params.shape[0]):
+            params[i], first[i], _ = optimizer_element(
+                params[i], g * x[i], first[i], 0.0, opt)
+LATERAL_GRADIENT, LATERAL_HEBBIAN = 0, 1
+ONLINE_LATERAL_CODES = {"gradient": LATERAL_GRADIENT, "hebbian": LATERAL_HEBBIAN}
+
+
+@njit(**PARALLEL)
+def online_update(
+    x_seq,
+    starts,
+    weights,
+    bias,
+    lateral,
+    mask,
+    neurons,
+    weights_first,
+    weights_second,
+    bias_first,
+    bias_second,
+    lateral_first,
+    lateral_second,
+    covariance,
+    last_zc,
+    opt_base,
+    lateral_opt_base,
+    first_step,
+    activation,
+    lateral_rule,
+    shifted,
+    skip_starts,
+    c_sim,
+    c_var,
+    c_cov,
+    c_lat,
+    tau,
+    mean_momentum,
+    var_momentum,
+    cov_momentum,
+    learn,
+    z_seq,
+    losses,
+):
+    """Learn from ``T`` samples one at a time, memory units as leaky integrators.
+
+    For each sample ``x = x_seq[t]`` in order, every neuron ``j``::
+
+        z_j    = phi(W[j] . x + b_j)
+        mean_j <- bm * mean_j + (1 - bm) * z_j
+        var_j  <- bv * var_j  + (1 - bv) * (z_j - mean_j)**2
+        zc_j   = z_j - mean_j
+        lat_j  = sum_k L[j,k] * y_k     (y = zc, or the previous sample's zc
+                                         when ``shifted``)
+        dL/dz_j = 2 c_sim (z_j - prev_j)            (0 at a segment start
+                                                     when ``skip_starts``)
+                - 2 c_var relu(tau - var_j) zc_j + c_cov lat_j
+        W[j], b_j: one optimizer step on dL/dz_j * phi'(a_j) * (x, 1)
+        prev_j <- z_j
+
+    and the lateral matrix follows the covariance, either by gradient
+    (``LATERAL_GRADIENT``)::
+
+        C[j,k] <- bc * C[j,k] + (1 - bc) * zc_j zc_k
+        L[j,k]: one optimizer step on c_lat * 2 (L[j,k] - M[j,k] C[j,k]) / n
+
+    or by the leaky Hebbian rule (``LATERAL_HEBBIAN``), with ``eta`` the
+    lateral learning rate::
+
+        L[j,k] <- L[j,k] + eta * (M[j,k] zc_j zc_k - L[j,k])
+
+    Parameters
+    ----------
+    x_seq : float32 (T, n_in)
+        The samples, in stream order. Read.
+    starts : bool (T,)
+        True where a new segment of the stream begins. Read.
+    weights, bias, lateral : float32
+        ``W`` (n, n_in), ``b`` (n,), ``L`` (n, n). Updated when ``learn``.
+    mask : float32 (n, n)
+        ``M``, zero on the diagonal. Read.
+    neurons : MEMORY_DTYPE (n,)
+        Memory units ``mean``, ``var``, ``prev``. Updated.
+    weights_first ... lateral_second : float32
+        Optimizer moments (second moments may have zero length for SGD).
+    covariance : float32 (n, n)
+        Leaky covariance estimate ``C`` (gradient rule; untouched by the
+        Hebbian one). Updated.
+    last_zc : float32 (n,)
+        Centred activations of the sample before ``x_seq[0]``; on return,
+        those of the last sample. Updated.
+    opt_base, lateral_opt_base : float64 (OPT_SIZE,)
+        Optimizer hyper-parameters without bias correction
+        (:func:`trlsim.optim.kernel_params` with ``corrected=False``).
+    first_step : int
+        Optimizer step number of the first sample (bias corrections).
+    activation, lateral_rule : int
+        Activation code; ``LATERAL_GRADIENT`` or ``LATERAL_HEBBIAN``.
+    shifted, skip_starts, learn : bool
+    c_sim, c_var, c_cov, c_lat, tau : float
+    mean_momentum, var_momentum, cov_momentum : float
+        ``bm``, ``bv``, ``bc``.
+    z_seq : float32 (T, n)
+        Activations of each sample, the next layer's input. Written.
+    losses : float32 (n, 4)
+        Per neuron, the sums over the ``T`` samples of the loss terms
+        ``sim``, ``var``, ``cov``, ``lat``. Added to.
+
+    Notes
+    -----
+    Samples run in order; within a sample, three parallel loops over neurons
+    (forward and memory units; output term and weights; lateral row), each
+    writing only row ``j``. The result does not depend on the number of
+    threads.
+    """
+    n_samples = x_seq.shape[0]
+    n_in = x_seq.shape[1]
+    n = weights.shape[0]
+    a = np.empty(n, dtype=np.float32)
+    z = np.empty(n, dtype=np.float32)
+    zc = np.empty(n, dtype=np.float32)
+    opt = np.empty_like(opt_base)
+    lateral_opt = np.empty_like(lateral_opt_base)
+    keep_mean = np.float32(mean_momentum)
+    keep_var = np.float32(var_momentum)
+    keep_cov = np.float32(cov_momentum)
+    eta = np.float32(lateral_opt_base[OPT_STEP_SIZE])
+    adam = opt_base[OPT_KIND] == ADAM
+    for t in range(n_samples):
+        x = x_seq[t]
+        bias_corrected(opt_base, first_step + t, opt)
+        bias_corrected(lateral_opt_base, first_step + t, lateral_opt)
+
+        for j in prange(n):
+            w = weights[j]
+            s = np.float32(0.0)
+            for i in range(n_in):
+                s += w[i] * x[i]
+            s += bias[j]
+            a[j] = s
+            zj = activate(s, activation)
+            z[j] = zj
+            mean = keep_mean * neurons[j].mean + (1 - keep_mean) * zj
+            centred = zj - mean
+            neurons[j].mean = mean
+            neurons[j].var = keep_var * neurons[j].var + (1 - keep_var) * (
+                centred * centred)
+            zc[j] = centred
+
+        for j in prange(n):
+            source = last_zc if shifted else zc
+            lateral_row = lateral[j]
+            lat = np.float32(0.0)
+            for k in range(n):
+                lat += lateral_row[k] * source[k]
+            diff = z[j] - neurons[j].prev
+            if skip_starts and starts[t]:
+                diff = 0.0
+            gate = max(tau - neurons[j].var, 0.0)
+            losses[j, LOSS_SIM] += diff * diff
+            losses[j, LOSS_VAR] += -gate * zc[j] * zc[j]
+            losses[j, LOSS_COV] += zc[j] * lat
+            grad = (2.0 * c_sim * diff - 2.0 * c_var * gate * zc[j]
+                    + c_cov * lat) * activation_slope(a[j], z[j], activation)
+            neurons[j].prev = z[j]
+            if learn:
+                g = np.float32(grad)
+                _rank_one_step(weights[j], weights_first[j], weights_second[j], x,
+                               g, opt, adam)
+                _rank_one_step(bias[j : j + 1], bias_first[j : j + 1],
+                               bias_second[j : j + 1], _ONE, g, opt, adam)
+
+        scale = np.float32(2.0 * c_lat / n)
+        for j in prange(n):
+            lateral_row = lateral[j]
+            mask_row = mask[j]
+            loss = 0.0
+            if lateral_rule == LATERAL_GRADIENT:
+                cov_row = covariance[j]
+                for k in range(n):
+                    c = keep_cov * cov_row[k] + (1 - keep_cov) * zc[j] * zc[k]
+                    cov_row[k] = c
+                    d = lateral_row[k] - mask_row[k] * c
+                    loss += d * d
+                    cov_row_grad = scale * d
+                    if learn:
+                        if adam:
+                            (lateral_row[k], lateral_first[j, k],
+                             lateral_second[j, k]) = optimizer_element(
+                                lateral_row[k], cov_row_grad, lateral_first[j, k],
+                                lateral_second[j, k], lateral_opt)
+                        else:
+                            lateral_row[k], lateral_first[j, k], _ = (
+                                optimizer_element(lateral_row[k], cov_row_grad,
+                                                  lateral_first[j, k], 0.0,
+                                                  lateral_opt))
+            else:
+                for k in range(n):
+                    target = mask_row[k] * zc[j] * zc[k]
+                    d = lateral_row[k] - target
+                    loss += d * d
+                    if learn:
+                        lateral_row[k] -= eta * d
+            losses[j, LOSS_LAT] += loss / n
+
+        for j in range(n):
+            last_zc[j] = zc[j]
+            z_seq[t, j] = z[j]

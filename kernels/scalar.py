@@ -133,3 +133,40 @@ def optimizer_row(params, grads, first, second, opt):
             m = beta1 * first[i] + grads[i] + decay * params[i]
             first[i] = m
             params[i] -= step * m
+
+
+@njit(inline="always", cache=True)
+def optimizer_element(p, g, m, v, opt):
+    """One optimizer step on a single parameter; returns ``(p, m, v)``.
+
+    The same update as :func:`optimizer_row` (``v`` is returned unchanged by
+    SGD), for loops that compute each gradient on the fly instead of holding
+    a row of them.
+    """
+    g = g + opt[OPT_WEIGHT_DECAY] * p
+    if opt[OPT_KIND] == ADAM:
+        m = opt[OPT_BETA1] * m + (1.0 - opt[OPT_BETA1]) * g
+        v = opt[OPT_BETA2] * v + (1.0 - opt[OPT_BETA2]) * g * g
+        p = p - opt[OPT_STEP_SIZE] * m / (
+            math.sqrt(v) * opt[OPT_INV_SQRT_BC2] + opt[OPT_EPS]
+        )
+    else:
+        m = opt[OPT_BETA1] * m + g
+        p = p - opt[OPT_STEP_SIZE] * m
+    return p, m, v
+
+
+@njit(inline="always", cache=True)
+def bias_corrected(base, step, out):
+    """Fill ``out`` with ``base`` made ready for optimizer step ``step``.
+
+    ``base`` holds the plain learning rate at ``OPT_STEP_SIZE``; Adam's bias
+    corrections ``1 - beta**step`` are applied here, so a compiled loop over
+    many steps needs no call back to Python (the same numbers as
+    :func:`trlsim.optim.kernel_params`).
+    """
+    for i in range(OPT_SIZE):
+        out[i] = base[i]
+    if base[OPT_KIND] == ADAM:
+        out[OPT_STEP_SIZE] = base[OPT_STEP_SIZE] / (1.0 - base[OPT_BETA1] ** step)
+        out[OPT_INV_SQRT_BC2] = 1.0 / math.sqrt(1.0 - base[OPT_BETA2] ** step)

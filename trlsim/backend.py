@@ -132,3 +132,39 @@ class CPUBackend:
             terms.append(losses.sum(axis=0, dtype=np.float64))
             x = np.ascontiguousarray(z_t.T)
         return terms
+
+    def online_step(self, network, x, starts, learning):
+        """Learn from the rows of ``x`` one at a time (online mode).
+
+        Layer by layer over the whole block: layer ``l`` sees the activations
+        layer ``l - 1`` had for each sample, exactly as if the layers were
+        interleaved sample by sample, since no layer depends on a deeper one.
+        Returns per-layer ``(sim, var, cov, lat)``, means over the samples.
+        """
+        s = network.settings
+        activation = ACTIVATION_CODES[s.activation]
+        rule = cpu.ONLINE_LATERAL_CODES[s.lateral_rule]
+        opt = s.optimizer_params(0, corrected=False)
+        lateral_opt = s.optimizer_params(0, lateral=True, corrected=False)
+        terms = []
+        for layer in network.layers:
+            learn = layer.index in learning
+            z_seq = np.empty((x.shape[0], layer.n_neurons), np.float32)
+            losses = np.zeros((layer.n_neurons, 4), np.float32)
+            w_first, w_second = layer.moments["weights"]
+            b_first, b_second = layer.moments["bias"]
+            l_first, l_second = layer.moments["lateral"]
+            cpu.online_update(
+                x, starts, layer.weights, layer.bias, layer.lateral, layer.mask,
+                layer.neurons, w_first, w_second, b_first, b_second, l_first,
+                l_second, layer.covariance, layer.last_zc, opt, lateral_opt,
+                layer.optimizer_steps + 1, activation, rule, s.shifted_lateral,
+                s.segment_starts == "skip", s.c_sim, s.c_var, s.c_cov, s.c_lat,
+                s.tau, s.mean_momentum, s.var_momentum, s.cov_momentum, learn,
+                z_seq, losses,
+            )
+            if learn:
+                layer.optimizer_steps += x.shape[0]
+            terms.append(losses.sum(axis=0, dtype=np.float64) / x.shape[0])
+            x = z_seq
+        return terms

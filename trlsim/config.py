@@ -1,8 +1,8 @@
 """Typed, validated run settings, read from TOML.
 
-A run is described by eight tables, ``[network]``, ``[rule]``, ``[optimizer]``,
-``[data]``, ``[training]``, ``[probe]``, ``[output]`` and ``[record]``, each
-parsed into a
+A run is described by nine tables, ``[network]``, ``[rule]``, ``[optimizer]``,
+``[data]``, ``[training]``, ``[probe]``, ``[output]``, ``[record]`` and
+``[online]``, each parsed into a
 frozen dataclass. Every key is declared once, as a dataclass field whose
 metadata holds its kind, its valid values and its description. Validation, the
 class docstrings and :func:`reference_markdown` all read that metadata, so the
@@ -355,6 +355,57 @@ class OutputConfig:
     )
 
 
+@_documented
+@dataclasses.dataclass(frozen=True)
+class OnlineConfig:
+    """One sample per step, memory units as leaky integrators (spec section 7),
+    the ``[online]`` table."""
+
+    online: bool = _key(
+        False,
+        "bool",
+        "Learn from one sample at a time; needs rule 'trl-s' (each sample pairs "
+        "with the stored previous activation, detached). The running variance "
+        "uses [rule] var_momentum: 0.99 suits online learning.",
+    )
+    mean_momentum: float = _key(
+        0.99, "float", "Momentum of the running mean.", _FRACTION
+    )
+    cov_momentum: float = _key(
+        0.99,
+        "float",
+        "Momentum of the leaky covariance estimate (lateral_rule 'gradient').",
+        _FRACTION,
+    )
+    lateral_rule: str = _key(
+        "gradient",
+        "str",
+        "'gradient': L descends its loss against a leaky covariance estimate; "
+        "'hebbian': L[j,k] moves toward zc_j zc_k at the lateral learning rate.",
+        _one_of("gradient", "hebbian"),
+    )
+    shifted_lateral: bool = _key(
+        False,
+        "bool",
+        "The lateral pass uses the previous sample's activity, so no neuron "
+        "waits for the others (spec section 8).",
+    )
+    segment_starts: str = _key(
+        "ignore",
+        "str",
+        "'skip': no invariance term where the stream says a segment begins; "
+        "'ignore': pair every sample with the one before.",
+        _one_of("ignore", "skip"),
+    )
+    block: int = _key(
+        1000,
+        "int",
+        "Samples per compiled call (progress, recording and Ctrl-C act between "
+        "blocks).",
+        _at_least(1),
+    )
+
+
 RECORD_FIELDS = (
     "mean", "var", "prev", "losses", "weights", "bias", "lateral", "activations"
 )
@@ -426,6 +477,7 @@ _TABLES: dict[str, type] = {
     "probe": ProbeConfig,
     "output": OutputConfig,
     "record": RecordConfig,
+    "online": OnlineConfig,
 }
 
 
@@ -434,7 +486,9 @@ def _keys(table: str) -> list[str]:
 
 
 def _build_key_table() -> dict[str, str]:
-    pairs = [(key, t) for t in ("network", "rule", "optimizer") for key in _keys(t)]
+    pairs = [
+        (key, t) for t in ("network", "rule", "optimizer", "online") for key in _keys(t)
+    ]
     pairs += [("chunk_size", "data"), ("batch_size", "data"), ("seed", "training")]
     pairs += [("train_layers", "training"), ("backend", "training")]
     table = dict(pairs)
@@ -494,6 +548,13 @@ def _resolve(
         return ConfigError(f"{source}: [{table}] {key} = {value!r}: {problem}")
 
     rule, data = tables["rule"], tables["data"]
+    if tables["online"].online and rule.rule != "trl-s":
+        raise fail(
+            "rule",
+            "rule",
+            "online learning pairs each sample with the stored previous "
+            "activation, detached: use rule = 'trl-s'",
+        )
     if rule.rule == "trl" and data.chunk_size < 2:
         raise fail("data", "chunk_size", "must be >= 2 for rule 'trl'")
     if rule.rule == "trl" and data.batch_size % data.chunk_size:
@@ -564,7 +625,7 @@ class Config:
 
     Attributes
     ----------
-    network, rule, optimizer, data, training, probe, output, record
+    network, rule, optimizer, data, training, probe, output, record, online
         One dataclass per TOML table; see :func:`reference_markdown`.
     source : str
         Where the settings came from: a file path, ``"Network()"`` or
@@ -585,6 +646,7 @@ class Config:
     probe: ProbeConfig = dataclasses.field(default_factory=ProbeConfig)
     output: OutputConfig = dataclasses.field(default_factory=OutputConfig)
     record: RecordConfig = dataclasses.field(default_factory=RecordConfig)
+    online: OnlineConfig = dataclasses.field(default_factory=OnlineConfig)
     source: str = "<defaults>"
     text: str = dataclasses.field(default="", repr=False)
     given: Mapping[str, Mapping[str, Any]] | None = dataclasses.field(

@@ -59,6 +59,12 @@ class Settings:
     lateral: str
     lateral_learning_rate: float | None
     var_momentum: float
+    online: bool
+    mean_momentum: float
+    cov_momentum: float
+    lateral_rule: str
+    shifted_lateral: bool
+    segment_starts: str
     optimizer: str
     learning_rate: float
     betas: tuple
@@ -68,8 +74,14 @@ class Settings:
 
     @classmethod
     def from_config(cls, config):
-        r, o = config.rule, config.optimizer
+        r, o, on = config.rule, config.optimizer, config.online
         return cls(
+            online=on.online,
+            mean_momentum=on.mean_momentum,
+            cov_momentum=on.cov_momentum,
+            lateral_rule=on.lateral_rule,
+            shifted_lateral=on.shifted_lateral,
+            segment_starts=on.segment_starts,
             rule=r.rule,
             activation=config.network.activation,
             chunk_size=config.data.chunk_size,
@@ -97,7 +109,7 @@ class Settings:
             return self.learning_rate
         return self.lateral_learning_rate
 
-    def optimizer_params(self, step, lateral=False):
+    def optimizer_params(self, step, lateral=False, corrected=True):
         """Kernel hyper-parameters for optimizer step ``step``."""
         return optim.kernel_params(
             self.optimizer,
@@ -107,6 +119,7 @@ class Settings:
             eps=self.eps,
             momentum=self.momentum,
             weight_decay=self.weight_decay,
+            corrected=corrected,
         )
 
 
@@ -155,6 +168,12 @@ class Layer:
 
         self.neurons = np.zeros(n_neurons, dtype=MEMORY_DTYPE)
         self.neurons["var"] = 1.0
+        # Online mode only: the leaky covariance estimate (gradient rule) and
+        # the previous sample's centred activity (shifted lateral input).
+        online_cov = settings.online and settings.lateral_rule == "gradient"
+        self.covariance = np.zeros((n_neurons, n_neurons if online_cov else 0),
+                                   dtype=np.float32)
+        self.last_zc = np.zeros(n_neurons, dtype=np.float32)
         self.optimizer_steps = 0
         self.moments = {
             "weights": optim.moments(settings.optimizer, self._weights.shape),
@@ -181,13 +200,15 @@ class Layer:
     def state(self):
         """Every array that defines this layer's state, by name (no copies).
 
-        Names: ``weights``, ``bias``, ``lateral``, ``mask``, ``neurons`` and the
-        optimizer moments ``<param>_first`` / ``<param>_second``; together with
+        Names: ``weights``, ``bias``, ``lateral``, ``mask``, ``neurons``, the
+        online-mode state ``covariance`` and ``last_zc``, and the optimizer
+        moments ``<param>_first`` / ``<param>_second``; together with
         :attr:`optimizer_steps` they are all a snapshot needs.
         """
         arrays = {"weights": self._weights, "bias": self._bias,
                   "lateral": self._lateral, "mask": self.mask,
-                  "neurons": self.neurons}
+                  "neurons": self.neurons, "covariance": self.covariance,
+                  "last_zc": self.last_zc}
         for name, (first, second) in self.moments.items():
             arrays[f"{name}_first"] = first
             arrays[f"{name}_second"] = second
@@ -298,28 +319,45 @@ class Network:
     def layer_sizes(self):
         return [self.layers[0].n_inputs] + [layer.n_neurons for layer in self.layers]
 
-    def step(self, x, learning=None):
-        """One learning step on a batch of consecutive stream rows.
+    def step(self, x, learning=None, starts=None):
+        """Learn from a batch of consecutive stream rows.
+
+        In minibatch mode this is one learning step on the batch (spec section
+        3). In online mode (``online=True``) each row is a step of its own,
+        taken in order inside compiled code (spec section 7); a single row is
+        fine.
 
         Parameters
         ----------
         x : array (B, n_inputs)
-            ``B >= 2`` consecutive rows of the stream; for TRL, ``B`` is a
-            multiple of ``chunk_size`` and each block of ``chunk_size`` rows is
-            one chunk.
+            Consecutive rows of the stream. Minibatch mode needs ``B >= 2``,
+            and for TRL a multiple of ``chunk_size`` (each block of
+            ``chunk_size`` rows is one chunk).
         learning : iterable of int, optional
-            Layers that learn in this step; defaults to :attr:`learning`.
+            Layers that learn; defaults to :attr:`learning`.
+        starts : bool array (B,), optional
+            Online mode: True where a new segment of the stream begins (used
+            when ``segment_starts = "skip"``).
 
         Returns
         -------
         list of dict
             Per layer, the unweighted loss terms ``sim``, ``var``, ``cov``,
-            ``lat`` (sums over neurons of the batch means) and ``total``, their
-            weighted sum.
+            ``lat`` (sums over neurons of the batch means; online, means over
+            the rows) and ``total``, their weighted sum.
         """
-        x = self._check_input(x, min_rows=2)
         s = self.settings
-        if s.rule == "trl" and x.shape[0] % s.chunk_size:
+        x = self._check_input(x, min_rows=1 if s.online else 2)
+        if s.online:
+            if starts is None:
+                starts = np.zeros(x.shape[0], dtype=np.bool_)
+            starts = np.ascontiguousarray(starts, dtype=np.bool_)
+            if starts.shape != (x.shape[0],):
+                raise ValueError(
+                    f"starts must have one flag per row, shape ({x.shape[0]},); "
+                    f"got {starts.shape}"
+                )
+        elif s.rule == "trl" and x.shape[0] % s.chunk_size:
             raise ValueError(
                 f"rule 'trl' pairs rows inside chunks of {s.chunk_size}: the batch "
                 f"has {x.shape[0]} rows, which is not a multiple of chunk_size"
@@ -331,8 +369,12 @@ class Network:
                 f"cannot let layer {', '.join(map(str, unknown))} learn: the "
                 f"network has layers 0..{len(self.layers) - 1}"
             )
-        terms = self.backend.step(self, x, learning)
-        self.n_steps += 1
+        if s.online:
+            terms = self.backend.online_step(self, x, starts, learning)
+            self.n_steps += x.shape[0]
+        else:
+            terms = self.backend.step(self, x, learning)
+            self.n_steps += 1
 
         result = []
         for index, (sim, var, cov, lat) in enumerate(terms):

@@ -8,7 +8,7 @@ from .kernels import scalar
 
 
 def kernel_params(optimizer, learning_rate, step, betas=(0.9, 0.999), eps=1e-8,
-                  momentum=0.9, weight_decay=0.0):
+                  momentum=0.9, weight_decay=0.0, corrected=True):
     """Pack the hyper-parameters of optimizer step number ``step`` (from 1).
 
     Parameters
@@ -23,6 +23,10 @@ def kernel_params(optimizer, learning_rate, step, betas=(0.9, 0.999), eps=1e-8,
         SGD's momentum.
     weight_decay : float
         L2 penalty added to the gradient (both optimizers).
+    corrected : bool
+        False leaves Adam's bias corrections out (``step`` is then ignored),
+        for kernels that apply them per step themselves
+        (:func:`trlsim.kernels.scalar.bias_corrected`).
 
     Returns
     -------
@@ -30,15 +34,18 @@ def kernel_params(optimizer, learning_rate, step, betas=(0.9, 0.999), eps=1e-8,
         float64 vector of length ``OPT_SIZE``, laid out as documented in
         :mod:`trlsim.kernels.scalar`.
     """
-    if step < 1:
+    if corrected and step < 1:
         raise ValueError(f"optimizer step must be >= 1, got {step}")
     opt = np.zeros(scalar.OPT_SIZE)
     opt[scalar.OPT_WEIGHT_DECAY] = weight_decay
     if optimizer == "adam":
         beta1, beta2 = betas
         opt[scalar.OPT_KIND] = scalar.ADAM
-        opt[scalar.OPT_STEP_SIZE] = learning_rate / (1.0 - beta1**step)
-        opt[scalar.OPT_INV_SQRT_BC2] = 1.0 / math.sqrt(1.0 - beta2**step)
+        opt[scalar.OPT_STEP_SIZE] = learning_rate
+        opt[scalar.OPT_INV_SQRT_BC2] = 1.0
+        if corrected:
+            opt[scalar.OPT_STEP_SIZE] /= 1.0 - beta1**step
+            opt[scalar.OPT_INV_SQRT_BC2] /= math.sqrt(1.0 - beta2**step)
         opt[scalar.OPT_BETA1] = beta1
         opt[scalar.OPT_BETA2] = beta2
         opt[scalar.OPT_EPS] = eps

@@ -166,6 +166,10 @@ class Recorder:
         self._buffered_bytes = 0
         self._last_flush = time.monotonic()
         self._last_snapshot_step = None
+        # Step of the latest sample per cadence: online steps advance n_steps
+        # by a whole block, so "due" means a multiple of the cadence was
+        # crossed, not hit exactly.
+        self._last_sampled = dict.fromkeys(CADENCES, network.n_steps)
         self.file = None
         if resume:
             self._open_existing()
@@ -325,15 +329,22 @@ class Recorder:
         """Sample what is due after learning step ``network.n_steps``."""
         step = network.n_steps
         epoch = position.epoch if position is not None else 0
-        if step % self.cadence["state"] == 0:
+        if self._due("state", step):
             self._sample_state(network, step, epoch, losses)
-        if step % self.cadence["weights"] == 0:
+        if self._due("weights", step):
             self._sample_weights(network, step, epoch)
-        if step % self.cadence["activations"] == 0 and "activations" in self.fields:
+        if self._due("activations", step) and "activations" in self.fields:
             self._sample_activations(network, step, epoch)
         if (self._buffered_bytes > 64 << 20
                 or time.monotonic() - self._last_flush > self.flush_seconds):
             self.flush()
+
+    def _due(self, cadence, step):
+        every = self.cadence[cadence]
+        if step // every > self._last_sampled[cadence] // every:
+            self._last_sampled[cadence] = step
+            return True
+        return False
 
     def after_epoch(self, network, position):
         if self.snapshot_every and position.epoch % self.snapshot_every == 0:

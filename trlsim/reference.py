@@ -231,3 +231,66 @@ class ReferenceNetwork:
             st[name], st["m" + name] = sgd(
                 st[name], grad, st["m" + name], lr, s.momentum, s.weight_decay
             )
+
+
+class OnlineReference(ReferenceNetwork):
+    """A network in online mode, stepped one sample at a time by the spec's
+    section 7 equations (leaky mean, variance and covariance; ``prev`` pairs
+    each sample with the one before)."""
+
+    def __init__(self, network, dtype=np.float64):
+        super().__init__(network, dtype)
+        for st, layer in zip(self.layers, network.layers):
+            st["C"] = layer.covariance.astype(dtype)
+            st["last_zc"] = layer.last_zc.astype(dtype)
+            for name, key in (("weights", "W"), ("bias", "b"), ("lateral", "L")):
+                first, second = layer.moments[name]
+                st["m" + key] = first.astype(dtype)
+                if second.size:
+                    st["v" + key] = second.astype(dtype)
+
+    def step(self, x, start=False):
+        """Learn from one sample ``x`` (n_inputs,); returns per-layer losses."""
+        s = self.settings
+        phi, dphi = activation_functions(s.activation)
+        x = np.asarray(x, dtype=self.dtype).ravel()
+        losses = []
+        for index, st in enumerate(self.layers):
+            a = st["W"] @ x + st["b"]
+            z = phi(a)
+            st["mean"] = s.mean_momentum * st["mean"] + (1 - s.mean_momentum) * z
+            zc = z - st["mean"]
+            st["var"] = s.var_momentum * st["var"] + (1 - s.var_momentum) * zc**2
+            lat = st["L"] @ (st["last_zc"] if s.shifted_lateral else zc)
+            diff = z - st["prev"]
+            if start and s.segment_starts == "skip":
+                diff = np.zeros_like(diff)
+            gate = np.maximum(s.tau - st["var"], 0.0)
+            grad_a = (2 * s.c_sim * diff - 2 * s.c_var * gate * zc
+                      + s.c_cov * lat) * dphi(a)
+            st["prev"] = z
+            learn = index in self.learning
+            if learn:
+                st["step"] += 1
+                self._update(st, "W", np.outer(grad_a, x), s.learning_rate)
+                self._update(st, "b", grad_a, s.learning_rate)
+            n = z.size
+            if s.lateral_rule == "gradient":
+                st["C"] = s.cov_momentum * st["C"] + (1 - s.cov_momentum) * np.outer(
+                    zc, zc)
+                diff_lat = st["L"] - st["M"] * st["C"]
+                if learn:
+                    self._update(st, "L", s.c_lat * 2 * diff_lat / n, s.lateral_rate)
+            else:
+                diff_lat = st["L"] - st["M"] * np.outer(zc, zc)
+                if learn:
+                    st["L"] = st["L"] - s.lateral_rate * diff_lat
+            st["last_zc"] = zc
+            losses.append({
+                "sim": float((diff**2).sum()),
+                "var": float(-(gate * zc**2).sum()),
+                "cov": float((zc * lat).sum()),
+                "lat": float((diff_lat**2).sum() / n),
+            })
+            x = z
+        return losses
