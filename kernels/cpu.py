@@ -33,6 +33,7 @@ from .scalar import (
     bias_corrected,
     optimizer_element,
     optimizer_row,
+    optimizer_scalars,
 )
 
 # Reassociation lets LLVM vectorise the dot products; NaN and infinity keep
@@ -435,17 +436,18 @@ _ONE = np.ones(1, dtype=np.float32)
 
 
 @njit(inline="always", fastmath=FASTMATH, cache=True)
-def _rank_one_step(params, first, second, x, g, opt, adam):
+def _rank_one_step(params, first, second, x, g, scalars, adam):
     """Optimizer step on ``params`` for the gradient ``g * x``, computed on the
     fly (one sample's Hebbian update needs no gradient buffer)."""
+    zero = np.float32(0.0)
     if adam:
         for i in range(params.shape[0]):
             params[i], first[i], second[i] = optimizer_element(
-                params[i], g * x[i], first[i], second[i], opt)
+                params[i], g * x[i], first[i], second[i], scalars, True)
     else:
         for i in range(params.shape[0]):
             params[i], first[i], _ = optimizer_element(
-                params[i], g * x[i], first[i], 0.0, opt)
+                params[i], g * x[i], first[i], zero, scalars, False)
 LATERAL_GRADIENT, LATERAL_HEBBIAN = 0, 1
 ONLINE_LATERAL_CODES = {"gradient": LATERAL_GRADIENT, "hebbian": LATERAL_HEBBIAN}
 
@@ -574,6 +576,8 @@ def online_update(
         x = x_seq[t]
         bias_corrected(opt_base, first_step + t, opt)
         bias_corrected(lateral_opt_base, first_step + t, lateral_opt)
+        scalars = optimizer_scalars(opt)
+        lateral_scalars = optimizer_scalars(lateral_opt)
 
         for j in prange(n):
             w = weights[j]
@@ -610,9 +614,9 @@ def online_update(
             if learn:
                 g = np.float32(grad)
                 _rank_one_step(weights[j], weights_first[j], weights_second[j], x,
-                               g, opt, adam)
+                               g, scalars, adam)
                 _rank_one_step(bias[j : j + 1], bias_first[j : j + 1],
-                               bias_second[j : j + 1], _ONE, g, opt, adam)
+                               bias_second[j : j + 1], _ONE, g, scalars, adam)
 
         scale = np.float32(2.0 * c_lat / n)
         for j in prange(n):
@@ -621,23 +625,22 @@ def online_update(
             loss = 0.0
             if lateral_rule == LATERAL_GRADIENT:
                 cov_row = covariance[j]
+                first = lateral_first[j]
+                second = lateral_second[j]
+                zero = np.float32(0.0)
                 for k in range(n):
                     c = keep_cov * cov_row[k] + (1 - keep_cov) * zc[j] * zc[k]
                     cov_row[k] = c
                     d = lateral_row[k] - mask_row[k] * c
                     loss += d * d
-                    cov_row_grad = scale * d
-                    if learn:
-                        if adam:
-                            (lateral_row[k], lateral_first[j, k],
-                             lateral_second[j, k]) = optimizer_element(
-                                lateral_row[k], cov_row_grad, lateral_first[j, k],
-                                lateral_second[j, k], lateral_opt)
-                        else:
-                            lateral_row[k], lateral_first[j, k], _ = (
-                                optimizer_element(lateral_row[k], cov_row_grad,
-                                                  lateral_first[j, k], 0.0,
-                                                  lateral_opt))
+                    if learn and adam:
+                        lateral_row[k], first[k], second[k] = optimizer_element(
+                            lateral_row[k], scale * d, first[k], second[k],
+                            lateral_scalars, True)
+                    elif learn:
+                        lateral_row[k], first[k], _ = optimizer_element(
+                            lateral_row[k], scale * d, first[k], zero,
+                            lateral_scalars, False)
             else:
                 for k in range(n):
                     target = mask_row[k] * zc[j] * zc[k]

@@ -136,23 +136,32 @@ def optimizer_row(params, grads, first, second, opt):
 
 
 @njit(inline="always", cache=True)
-def optimizer_element(p, g, m, v, opt):
+def optimizer_scalars(opt):
+    """The hyper-parameters of ``opt`` as float32 scalars, for
+    :func:`optimizer_element` (single precision keeps its loops vectorised)."""
+    f = np.float32
+    return (f(opt[OPT_STEP_SIZE]), f(opt[OPT_BETA1]), f(opt[OPT_BETA2]),
+            f(opt[OPT_INV_SQRT_BC2]), f(opt[OPT_EPS]), f(opt[OPT_WEIGHT_DECAY]))
+
+
+@njit(inline="always", cache=True)
+def optimizer_element(p, g, m, v, scalars, adam):
     """One optimizer step on a single parameter; returns ``(p, m, v)``.
 
     The same update as :func:`optimizer_row` (``v`` is returned unchanged by
     SGD), for loops that compute each gradient on the fly instead of holding
-    a row of them.
+    a row of them. ``scalars`` comes from :func:`optimizer_scalars`.
     """
-    g = g + opt[OPT_WEIGHT_DECAY] * p
-    if opt[OPT_KIND] == ADAM:
-        m = opt[OPT_BETA1] * m + (1.0 - opt[OPT_BETA1]) * g
-        v = opt[OPT_BETA2] * v + (1.0 - opt[OPT_BETA2]) * g * g
-        p = p - opt[OPT_STEP_SIZE] * m / (
-            math.sqrt(v) * opt[OPT_INV_SQRT_BC2] + opt[OPT_EPS]
-        )
+    step, beta1, beta2, inv_sqrt_bc2, eps, decay = scalars
+    one = np.float32(1.0)
+    g = g + decay * p
+    if adam:
+        m = beta1 * m + (one - beta1) * g
+        v = beta2 * v + (one - beta2) * g * g
+        p = p - step * m / (math.sqrt(v) * inv_sqrt_bc2 + eps)
     else:
-        m = opt[OPT_BETA1] * m + g
-        p = p - opt[OPT_STEP_SIZE] * m
+        m = beta1 * m + g
+        p = p - step * m
     return p, m, v
 
 

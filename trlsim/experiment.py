@@ -108,8 +108,10 @@ def run(config, out=None, overwrite=False, on_train=None, on_stage=None,
     dataset = load_dataset(d.dataset, d.path, d.train_limit, d.test_limit)
     network = Network.from_config(config, n_inputs=dataset.n_features)
     stream_seed, probe_seed = np.random.SeedSequence(t.seed).spawn(2)
-    stream = Stream(dataset.train_x, dataset.train_y, d.batch_size, d.chunk_size,
-                    d.order, d.coherence, seed=stream_seed)
+    # Online, a "batch" is a block of samples learned one by one.
+    rows = config.online.block if config.online.online else d.batch_size
+    stream = Stream(dataset.train_x, dataset.train_y, rows, d.chunk_size, d.order,
+                    d.coherence, seed=stream_seed)
     probe_seed = int(probe_seed.generate_state(1)[0])
 
     summary = {

@@ -354,6 +354,18 @@ class Stream:
         )
         return np.random.default_rng(child)
 
+    def segment_starts(self, epoch: int) -> np.ndarray:
+        """Rows of an epoch where a new segment begins: where the label changes.
+
+        Aligned with the rows :meth:`epoch` yields (``n_batches * batch_size``
+        of them); row 0 always starts a segment. Online learning can skip the
+        invariance term there (``[online] segment_starts = "skip"``).
+        """
+        labels = self.y[self.indices(epoch)[: self.n_batches * self.batch_size]]
+        starts = np.ones(labels.shape[0], dtype=np.bool_)
+        starts[1:] = labels[1:] != labels[:-1]
+        return starts
+
     def indices(self, epoch: int) -> np.ndarray:
         """The order of all ``N`` sample indices in an epoch (int64)."""
         return epoch_order(

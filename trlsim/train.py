@@ -66,7 +66,7 @@ class Position:
 
     epoch: int = 0
     batch: int = 0
-    step: int = 0
+    step: int = 0  # learning steps taken: batches, or samples in online mode
 
 
 @dataclass
@@ -174,8 +174,14 @@ class Trainer:
         return sum(p.epochs for p in self.phases)
 
     @property
+    def rows_per_step(self):
+        """Learning steps per batch: 1, or every row in online mode."""
+        return self.stream.batch_size if self.network.settings.online else 1
+
+    @property
     def total_steps(self):
-        return self.total_epochs * self.stream.n_batches
+        """Learning steps of the whole run (``network.n_steps`` counts them)."""
+        return self.total_epochs * self.stream.n_batches * self.rows_per_step
 
     def stop(self):
         """Ask the run to stop after the step in progress."""
@@ -225,8 +231,16 @@ class Trainer:
                 for epoch in range(position.epoch, epochs.stop):
                     sums = np.zeros((n_layers, len(LOSS_TERMS)))
                     n_steps = 0
+                    starts = None
+                    if self.network.settings.online and hasattr(self.stream,
+                                                                "segment_starts"):
+                        starts = self.stream.segment_starts(epoch)
+                    size = self.stream.batch_size
                     for xb, _yb in self.stream.epoch(epoch, start=position.batch):
-                        losses = self.network.step(xb, learning=phase.layers)
+                        rows = None if starts is None else starts[
+                            position.batch * size:(position.batch + 1) * size]
+                        losses = self.network.step(xb, learning=phase.layers,
+                                                   starts=rows)
                         terms = np.array([[d[k] for k in LOSS_TERMS] for d in losses])
                         if not np.isfinite(terms).all():
                             raise TrainingDiverged(
@@ -238,8 +252,8 @@ class Trainer:
                         sums += terms
                         n_steps += 1
                         position.batch += 1
-                        position.step += 1
-                        result.steps += 1
+                        position.step = self.network.n_steps
+                        result.steps += self.rows_per_step
                         result.samples += xb.shape[0]
                         self._notify("after_step", position, losses)
                         if progress and result.steps % self.report_every == 0:
