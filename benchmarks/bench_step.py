@@ -4,8 +4,8 @@ Both sides take the same step (spec section 3) on the same batches from the
 same initial state: trlsim through ``Network.step`` (Numba kernels, all
 threads), NumPy through :class:`trlsim.reference.ReferenceNetwork` run in
 float32, whose matrix products go to the BLAS NumPy links (with its own
-threads). Prints the median samples per second of each over several repeats,
-and their ratio, measured in this one run.
+threads). The two take turns in each repeat; the script prints the median
+samples per second of each and their ratio, measured in this one run.
 
     python benchmarks/bench_step.py                  # 784-512-256, batch 64
     python benchmarks/bench_step.py --sizes 784 2000 2000 --batch 128
@@ -23,17 +23,22 @@ from trlsim import Network
 from trlsim.reference import ReferenceNetwork
 
 
-def samples_per_second(step, batches, repeats):
-    """Median over ``repeats`` of samples/s for stepping through ``batches``."""
-    step(batches[0])  # compile / warm caches outside the timing
-    rates = []
+def samples_per_second(steps, batches, repeats):
+    """Median, min and max samples/s of each of ``steps`` over ``repeats``.
+
+    The implementations take turns within each repeat, so a change in the
+    machine's load affects them alike.
+    """
+    for step in steps:
+        step(batches[0])  # compile / warm caches outside the timing
+    rates = [[] for _ in steps]
     for _ in range(repeats):
-        start = time.perf_counter()
-        for x in batches:
-            step(x)
-        elapsed = time.perf_counter() - start
-        rates.append(sum(len(x) for x in batches) / elapsed)
-    return float(np.median(rates)), float(np.min(rates)), float(np.max(rates))
+        for step, out in zip(steps, rates):
+            start = time.perf_counter()
+            for x in batches:
+                step(x)
+            out.append(sum(len(x) for x in batches) / (time.perf_counter() - start))
+    return [(float(np.median(r)), float(np.min(r)), float(np.max(r))) for r in rates]
 
 
 def main():
@@ -58,8 +63,8 @@ def main():
     for rule in args.rules:
         net = Network(args.sizes, rule=rule, seed=0)
         numpy_net = ReferenceNetwork(net, dtype=np.float32)
-        ours = samples_per_second(net.step, batches, args.repeats)
-        theirs = samples_per_second(numpy_net.step, batches, args.repeats)
+        ours, theirs = samples_per_second([net.step, numpy_net.step], batches,
+                                          args.repeats)
         for name, (median, low, high) in (("trlsim (numba)", ours),
                                           ("numpy (BLAS)", theirs)):
             print(f"{rule:6} {name:16} {median:19,.0f} {low:9,.0f} {high:9,.0f}")

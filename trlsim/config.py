@@ -283,8 +283,20 @@ class DataConfig:
     order: str = _key(
         "chunked",
         "str",
-        "Order of the training stream.",
-        _one_of("chunked", "natural", "shuffled"),
+        "Order of the training stream: label-chunked, file order, shuffled, or "
+        "a stream of frames in which each image drifts, rotates, scales or all "
+        "three slowly (no label used; MNIST-format datasets only).",
+        _one_of("chunked", "natural", "shuffled", "drift", "rotate", "scale", "mixed"),
+    )
+    frames: int = _key(
+        10, "int", "Frames per image in the drift/rotate/scale/mixed orders.",
+        _at_least(2),
+    )
+    segments: int | None = _key(
+        None,
+        "int",
+        "Images shown per epoch in those orders; unset: every training image.",
+        _at_least(1),
     )
     train_limit: int | None = _key(
         None, "int", "Use the first N training samples (N >= batch_size).", _at_least(1)
@@ -405,6 +417,8 @@ class OnlineConfig:
         _at_least(1),
     )
 
+
+TRANSFORM_ORDERS = ("drift", "rotate", "scale", "mixed")
 
 RECORD_FIELDS = (
     "mean", "var", "prev", "losses", "weights", "bias", "lateral", "activations"
@@ -562,6 +576,13 @@ def _resolve(
             "data",
             "batch_size",
             f"must be a multiple of chunk_size ({data.chunk_size}) for rule 'trl'",
+        )
+    if data.order in TRANSFORM_ORDERS and data.dataset == "digits":
+        raise fail(
+            "data",
+            "order",
+            "moving-image orders need an MNIST-format dataset (mnist or "
+            "fashion-mnist), not the 8x8 digits",
         )
     if data.train_limit is not None and data.train_limit < data.batch_size:
         raise fail("data", "train_limit", f"must be >= batch_size ({data.batch_size})")

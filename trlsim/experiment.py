@@ -19,11 +19,13 @@ import numba
 import numpy as np
 
 from . import __version__
-from .data import load_dataset
+from .config import TRANSFORM_ORDERS
+from .data import IDX_NORMALISATION, load_dataset
 from .network import Network
 from .probe import evaluate
 from .record import Recorder, prepare_resume, restore
 from .streams import Stream
+from .timestreams import TransformStream
 from .train import Position, Trainer
 
 logger = logging.getLogger(__name__)
@@ -108,10 +110,7 @@ def run(config, out=None, overwrite=False, on_train=None, on_stage=None,
     dataset = load_dataset(d.dataset, d.path, d.train_limit, d.test_limit)
     network = Network.from_config(config, n_inputs=dataset.n_features)
     stream_seed, probe_seed = np.random.SeedSequence(t.seed).spawn(2)
-    # Online, a "batch" is a block of samples learned one by one.
-    rows = config.online.block if config.online.online else d.batch_size
-    stream = Stream(dataset.train_x, dataset.train_y, rows, d.chunk_size, d.order,
-                    d.coherence, seed=stream_seed)
+    stream = make_stream(config, dataset, stream_seed)
     probe_seed = int(probe_seed.generate_state(1)[0])
 
     summary = {
@@ -193,6 +192,24 @@ def run(config, out=None, overwrite=False, on_train=None, on_stage=None,
         recorder.close(summary["status"], results=summary)
     summary["output_dir"] = str(folder)
     return summary
+
+
+def make_stream(config, dataset, seed):
+    """The training stream ``[data]`` (and ``[online]``) describe."""
+    d = config.data
+    # Online, a "batch" is a block of samples learned one by one.
+    rows = config.online.block if config.online.online else d.batch_size
+    if d.order not in TRANSFORM_ORDERS:
+        return Stream(dataset.train_x, dataset.train_y, rows, d.chunk_size, d.order,
+                      d.coherence, seed=seed)
+    # Back to [0, 1] pixels: the stream warps images, then normalises frames
+    # with the dataset's constants, so they match what the probe sees.
+    mean, std = IDX_NORMALISATION[dataset.name]
+    images = np.clip(dataset.train_x * std + mean, 0.0, 1.0).reshape(
+        -1, *dataset.image_shape)
+    return TransformStream(images, dataset.train_y, frames=d.frames,
+                           transform=d.order, segments=d.segments, batch_size=rows,
+                           seed=seed, mean=mean, std=std)
 
 
 def make_recorder(config, network, dataset, path, n_batches, overwrite=False,
