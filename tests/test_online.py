@@ -99,3 +99,25 @@ def test_starts_must_match_the_rows():
     net = _net()
     with pytest.raises(ValueError, match="one flag per row"):
         net.step(_samples(5), starts=np.zeros(4, dtype=bool))
+
+
+def test_drifting_digits_run_end_to_end(mnist_dir, tmp_path):
+    from trlsim.config import parse_config
+    from trlsim.experiment import run
+
+    config = parse_config({
+        "network": {"hidden": [32]},
+        "rule": {"var_momentum": 0.99},
+        "optimizer": {"learning_rate": 1e-4},
+        "data": {"dataset": "mnist", "path": str(mnist_dir), "order": "drift",
+                 "frames": 5, "segments": 60, "train_limit": 500,
+                 "test_limit": 200},
+        "training": {"epochs": 1, "threads": 1},
+        "probe": {"epochs": 1, "learning_rate": 1e-3},
+        "online": {"online": True, "segment_starts": "skip", "block": 100},
+    })
+    summary = run(config, out=tmp_path / "run")
+    assert summary["status"] == "finished"
+    # 60 segments of 5 frames, learned one frame per step.
+    assert summary["training"]["steps"] == 300
+    assert 0.0 <= summary["probe"]["test_accuracy"] <= 1.0
