@@ -110,7 +110,12 @@ def scratch_arrays(n_neurons, n_inputs, n_rows):
 
 @cuda.jit
 def forward_kernel(x, weights, bias, activation, a_t, z_t):
-    """Device side of :func:`forward`; thread by neuron, grid-stride."""
+    """Device side of :func:`forward`: ``z[j, t] = phi(W[j] . x[t] + b[j])``.
+
+    Arguments as in :func:`forward`. Thread ``cuda.grid(1)`` takes neurons
+    ``j, j + gridsize, ...`` and writes only their rows of ``a_t`` and ``z_t``,
+    so any grid gives the same result.
+    """
     for j in range(cuda.grid(1), weights.shape[0], cuda.gridsize(1)):
         a_row = a_t[j]
         _dot_rows(weights[j], x, a_row)
@@ -147,7 +152,13 @@ def forward(x, weights, bias, activation, a_t, z_t):
 
 @cuda.jit
 def memory_update_kernel(z_t, neurons, var_momentum, zc_t):
-    """Device side of :func:`memory_update`; thread by neuron, grid-stride."""
+    """Device side of :func:`memory_update`: batch mean, variance and last
+    activation into each neuron's memory units, and ``zc = z - mean``.
+
+    Arguments as in :func:`memory_update`. Grid-stride over neurons; thread
+    for ``j`` touches only row ``j`` of ``neurons`` and ``zc_t``. Accumulates
+    in float64, as the CPU twin does.
+    """
     n_rows = z_t.shape[1]
     keep = np.float32(var_momentum)
     for j in range(cuda.grid(1), z_t.shape[0], cuda.gridsize(1)):
@@ -198,11 +209,50 @@ def memory_update(z_t, neurons, var_momentum, zc_t):
 
 @cuda.jit
 def local_update_kernel(
-    x, a_t, z_t, zc_t, zc, lateral, mask, neurons, weights, bias, weights_first,
-    weights_second, bias_first, bias_second, opt, activation, rule, chunk_size,
-    lateral_mode, c_sim, c_var, c_cov, tau, learn, losses, lat, grad_a, grad_w, cov,
+    x,
+    a_t,
+    z_t,
+    zc_t,
+    zc,
+    lateral,
+    mask,
+    neurons,
+    weights,
+    bias,
+    weights_first,
+    weights_second,
+    bias_first,
+    bias_second,
+    opt,
+    activation,
+    rule,
+    chunk_size,
+    lateral_mode,
+    c_sim,
+    c_var,
+    c_cov,
+    tau,
+    learn,
+    losses,
+    lat,
+    grad_a,
+    grad_w,
+    cov,
 ):
-    """Device side of :func:`local_update`; thread by neuron, grid-stride."""
+    """Device side of :func:`local_update`: neuron ``j``'s fourfold sum
+    ``dL/da[j, t]``, its loss terms, then one optimizer step on ``W[j]``, ``b[j]``.
+
+    Arguments as in :func:`local_update`, with the work rows of
+    :func:`scratch_arrays` last: ``lat``, ``grad_a`` (n, B), ``grad_w``
+    (n, n_in) and ``cov`` (n, n), of which thread ``j`` uses row ``j`` only.
+
+    Notes
+    -----
+    Grid-stride over neurons. Thread ``j`` writes row ``j`` of ``weights``,
+    its moments, ``losses`` and the work rows, and ``bias[j]``; it reads other
+    neurons only through ``zc``, ``lateral`` and ``mask``, which no thread
+    writes. No atomics, no shared memory.
+    """
     n_rows = x.shape[0]
     n = weights.shape[0]
     inv_rows = np.float32(1.0 / n_rows)
@@ -242,9 +292,7 @@ def local_update_kernel(
                 - c_var * gate * 2.0 * zc_row[t] * inv_rows
                 + c_cov * lat_row[t] * inv_rows
             )
-            grad_row[t] = grad_z * _activation_slope(
-                a_t[j, t], z_t[j, t], activation
-            )
+            grad_row[t] = grad_z * _activation_slope(a_t[j, t], z_t[j, t], activation)
         losses[j, LOSS_SIM] = sim_loss
         losses[j, LOSS_VAR] = -gate * var_loss * inv_rows
         losses[j, LOSS_COV] = cov_loss
@@ -362,19 +410,63 @@ def local_update(
     if scratch is None:
         scratch = scratch_arrays(weights.shape[0], x.shape[1], x.shape[0])
     local_update_kernel[_grid(weights.shape[0])](
-        x, a_t, z_t, zc_t, zc, lateral, mask, neurons, weights, bias, weights_first,
-        weights_second, bias_first, bias_second, opt, activation, rule, chunk_size,
-        lateral_mode, c_sim, c_var, c_cov, tau, learn, losses, scratch["lat"],
-        scratch["grad_a"], scratch["grad_w"], scratch["cov"],
+        x,
+        a_t,
+        z_t,
+        zc_t,
+        zc,
+        lateral,
+        mask,
+        neurons,
+        weights,
+        bias,
+        weights_first,
+        weights_second,
+        bias_first,
+        bias_second,
+        opt,
+        activation,
+        rule,
+        chunk_size,
+        lateral_mode,
+        c_sim,
+        c_var,
+        c_cov,
+        tau,
+        learn,
+        losses,
+        scratch["lat"],
+        scratch["grad_a"],
+        scratch["grad_w"],
+        scratch["cov"],
     )
 
 
 @cuda.jit
 def lateral_update_kernel(
-    zc_t, zc, mask, lateral, lateral_first, lateral_second, opt, c_lat, learn,
-    losses, cov,
+    zc_t,
+    zc,
+    mask,
+    lateral,
+    lateral_first,
+    lateral_second,
+    opt,
+    c_lat,
+    learn,
+    losses,
+    cov,
 ):
-    """Device side of :func:`lateral_update`; thread by row, grid-stride."""
+    """Device side of :func:`lateral_update`: row ``j`` of ``L`` toward
+    ``M[j] * C[j]``, with ``C[j, k] = sum_t zc[j, t] zc[t, k] / B``.
+
+    Arguments as in :func:`lateral_update`, with ``cov`` (n, n) last: row
+    ``j`` holds ``B * C[j]``, then the gradient of ``L[j]``.
+
+    Notes
+    -----
+    Grid-stride over rows; thread ``j`` writes only row ``j`` of ``lateral``,
+    its moments, ``losses`` and ``cov``.
+    """
     n = lateral.shape[0]
     n_rows = zc.shape[0]
     inv_rows = np.float32(1.0 / n_rows)
@@ -392,11 +484,24 @@ def lateral_update_kernel(
             cov_row[k] = scale * d  # the row now holds the gradient
         losses[j, LOSS_LAT] = loss / n
         if learn:
-            _optimizer_row(lateral_row, cov_row, lateral_first[j], lateral_second[j], opt)
+            _optimizer_row(
+                lateral_row, cov_row, lateral_first[j], lateral_second[j], opt
+            )
 
 
-def lateral_update(zc_t, zc, mask, lateral, lateral_first, lateral_second, opt,
-                   c_lat, learn, losses, scratch=None):
+def lateral_update(
+    zc_t,
+    zc,
+    mask,
+    lateral,
+    lateral_first,
+    lateral_second,
+    opt,
+    c_lat,
+    learn,
+    losses,
+    scratch=None,
+):
     """Move the lateral matrix toward the layer's off-diagonal covariance.
 
     For row ``j``::
@@ -437,19 +542,30 @@ def lateral_update(zc_t, zc, mask, lateral, lateral_first, lateral_second, opt,
     """
     n = lateral.shape[0]
     cov = (
-        scratch["cov"]
-        if scratch is not None
-        else cuda.device_array((n, n), np.float32)
+        scratch["cov"] if scratch is not None else cuda.device_array((n, n), np.float32)
     )
     lateral_update_kernel[_grid(n)](
-        zc_t, zc, mask, lateral, lateral_first, lateral_second, opt, c_lat, learn,
-        losses, cov,
+        zc_t,
+        zc,
+        mask,
+        lateral,
+        lateral_first,
+        lateral_second,
+        opt,
+        c_lat,
+        learn,
+        losses,
+        cov,
     )
 
 
 @cuda.jit
 def optimizer_update_kernel(params, grads, first, second, opt):
-    """Device side of :func:`optimizer_update`; thread by element."""
+    """Device side of :func:`optimizer_update`: element ``i`` gets the update
+    of :func:`~trlsim.kernels.scalar.optimizer_row`.
+
+    Grid-stride over elements; thread ``i`` touches only element ``i``.
+    """
     size = params.shape[0]
     has_second = second.shape[0] == size
     for i in range(cuda.grid(1), size, cuda.gridsize(1)):
@@ -491,7 +607,11 @@ def optimizer_update(params, grads, first, second, opt):
 
 @cuda.jit
 def transpose_kernel(source, target):
-    """Device side of :func:`transpose`; thread by element, grid-stride."""
+    """Device side of :func:`transpose`: ``target[c, r] = source[r, c]``.
+
+    Grid-stride over the elements of ``source``; each is read once and
+    written to its own cell of ``target``.
+    """
     n_cols = source.shape[1]
     for e in range(cuda.grid(1), source.shape[0] * n_cols, cuda.gridsize(1)):
         r = e // n_cols
@@ -512,7 +632,11 @@ def transpose(source, target):
 
 @cuda.jit
 def sum_losses_kernel(losses, sums):
-    """Device side of :func:`sum_losses`; thread by loss term."""
+    """Device side of :func:`sum_losses`: ``sums[c] = sum_j losses[j, c]``.
+
+    Grid-stride over columns; each thread sums its column in float64, in
+    neuron order, and writes only ``sums[c]``.
+    """
     for c in range(cuda.grid(1), losses.shape[1], cuda.gridsize(1)):
         total = np.float64(0.0)
         for j in range(losses.shape[0]):

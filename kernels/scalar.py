@@ -1,9 +1,11 @@
 """Per-element arithmetic shared by the compiled kernels.
 
 Everything here is plain scalar math on floats, written once so that the CPU
-kernels (and later GPU ones) compute the same thing. Functions are compiled
-with ``numba.njit(inline="always")`` and called from inside the parallel
-kernels of :mod:`trlsim.kernels.cpu`.
+and CUDA kernels compute the same thing. Functions are compiled with
+``numba.njit(inline="always")`` and called from inside the parallel kernels of
+:mod:`trlsim.kernels.cpu`; :mod:`trlsim.kernels.cuda` compiles the same plain
+functions (each one's ``.py_func``) a second time, as CUDA device functions, so
+they must stay within what both targets support: no allocation, no objects.
 
 Codes
 -----

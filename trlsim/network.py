@@ -123,6 +123,27 @@ class Settings:
         )
 
 
+class _Synced:
+    """A :class:`Layer` array whose newest values may be on a device.
+
+    Stored as ``_<name>``; getting or setting it first calls
+    :meth:`Layer._to_host`.
+    """
+
+    def __set_name__(self, owner, name):
+        self.name = name
+
+    def __get__(self, layer, owner=None):
+        if layer is None:
+            return self
+        layer._to_host(self.name)
+        return layer.__dict__["_" + self.name]
+
+    def __set__(self, layer, value):
+        layer._to_host(self.name)
+        layer.__dict__["_" + self.name] = value
+
+
 class Layer:
     """State of one TRL layer.
 
@@ -147,6 +168,13 @@ class Layer:
     moments : dict
         Optimizer state, ``{"weights": (first, second), "bias": ...,
         "lateral": ...}``.
+
+    Notes
+    -----
+    On a backend that keeps the arrays on a GPU, reading one of the arrays
+    above copies it back if a step has changed it, and the next step uploads
+    it again (edits in place included). Read the attribute again after a
+    step: an array kept from before it is not updated.
     """
 
     def __init__(self, index, n_inputs, n_neurons, rng, settings):
@@ -181,20 +209,52 @@ class Layer:
             "lateral": optim.moments(settings.optimizer, self._lateral.shape),
         }
 
-    weights = property(lambda self: self._weights)
-    bias = property(lambda self: self._bias)
-    lateral = property(lambda self: self._lateral)
+    # Arrays a backend may hold on a device; see _to_host.
+    _SYNCED = ("weights", "bias", "lateral", "mask", "neurons", "moments")
+    _device = None
+    mask = _Synced()
+    neurons = _Synced()
+    moments = _Synced()
+
+    def _to_host(self, *names):
+        """Make the host arrays ``names`` current before Python uses them.
+
+        A backend that keeps this layer on a device (:mod:`trlsim.backend`)
+        sets ``_device``; its ``to_host(names)`` copies back what the device
+        changed and marks those arrays as the host's, to upload again before
+        the device next uses them, since the caller may edit them in place.
+        """
+        if self._device is not None:
+            self._device.to_host(names)
+
+    @property
+    def weights(self):
+        self._to_host("weights")
+        return self._weights
+
+    @property
+    def bias(self):
+        self._to_host("bias")
+        return self._bias
+
+    @property
+    def lateral(self):
+        self._to_host("lateral")
+        return self._lateral
 
     @weights.setter
     def weights(self, value):
+        self._to_host("weights")
         self._weights[...] = _checked(value, self._weights.shape, "weights")
 
     @bias.setter
     def bias(self, value):
+        self._to_host("bias")
         self._bias[...] = _checked(value, self._bias.shape, "bias")
 
     @lateral.setter
     def lateral(self, value):
+        self._to_host("lateral")
         self._lateral[...] = _checked(value, self._lateral.shape, "lateral")
 
     def state(self):
@@ -205,6 +265,7 @@ class Layer:
         moments ``<param>_first`` / ``<param>_second``; together with
         :attr:`optimizer_steps` they are all a snapshot needs.
         """
+        self._to_host(*self._SYNCED)
         arrays = {"weights": self._weights, "bias": self._bias,
                   "lateral": self._lateral, "mask": self.mask,
                   "neurons": self.neurons, "covariance": self.covariance,
@@ -314,6 +375,20 @@ class Network:
         self.learning = set(range(len(self.layers)) if train is None else train)
         self.backend = get_backend(config.training.backend, config.training.threads)
         self.n_steps = 0
+
+    def to_backend(self, name, threads=None):
+        """Run from now on on backend ``name`` ("auto", "cpu" or "cuda").
+
+        The state travels with the network: arrays a GPU holds are copied back
+        first, so a network trained on the GPU can be inspected or stepped on
+        the CPU, and the reverse. Returns the network.
+        """
+        backend = get_backend(name, threads)
+        for layer in self.layers:
+            layer._to_host(*layer._SYNCED)
+            layer._device = None
+        self.backend = backend
+        return self
 
     @property
     def layer_sizes(self):
