@@ -393,5 +393,148 @@ def _describe_results(trace):
     return lines
 
 
+# -- sweeps ------------------------------------------------------------------------
+# dask is imported only when a sweep runs, so that the other commands, `report`
+# included, and `import trlsim` never need it.
+
+
+@main.command()
+@click.argument("sweep_path", metavar="SWEEP", type=click.Path(dir_okay=False))
+@click.option(
+    "--scheduler",
+    metavar="ADDRESS",
+    help="Run on the Dask scheduler at ADDRESS (e.g. tcp://host:8786) instead of "
+    "local worker processes.",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    help="Local worker processes (default: one per core, at most one per point).",
+)
+@click.option(
+    "--threads-per-worker",
+    type=click.IntRange(min=1),
+    help="Points each local worker runs at once (default 1).",
+)
+@click.option("-v", "--verbose", count=True, help="More log output (-vv: debug).")
+@click.option("-q", "--quiet", is_flag=True, help="Only errors and the table.")
+def sweep(sweep_path, scheduler, workers, threads_per_worker, verbose, quiet):
+    """Run every point of the sweep file SWEEP, each as one Dask task.
+
+    Each point writes its own folder under the sweep's [sweep] out; points
+    finished in an earlier run are skipped. Prints progress, then the table
+    of probe test accuracy over seeds, also written as results.md and
+    results.csv. Exits with status 1 if a point failed (failed.json says
+    why), 130 if interrupted: running the sweep again continues it.
+    Numba threads per point are the cores divided among the workers.
+    """
+    from .sweep import MissingDependency, load_sweep, run_sweep
+
+    _setup_logging(verbose, quiet)
+    _setup_dask_logging(verbose)
+    if scheduler and (workers or threads_per_worker):
+        raise click.UsageError(
+            "--workers and --threads-per-worker size local workers; they cannot "
+            "be used with --scheduler"
+        )
+    try:
+        plan = load_sweep(sweep_path)
+        if not quiet:
+            click.echo(
+                f"trlsim: sweep {plan.name}: {len(plan.points)} points into "
+                f"{plan.out}",
+                err=True,
+            )
+        result = run_sweep(
+            plan,
+            scheduler=scheduler,
+            n_workers=workers,
+            threads_per_worker=threads_per_worker,
+            on_event=None if quiet else _echo_sweep_event,
+        )
+    except (ConfigError, MissingDependency, OSError) as err:
+        raise click.ClickException(str(err)) from None
+    except KeyboardInterrupt:
+        click.echo(
+            "trlsim: sweep interrupted; run it again to continue with the points "
+            "not finished",
+            err=True,
+        )
+        sys.exit(130)
+    _echo_sweep_report(result.report, quiet)
+    if result.failed:
+        click.echo(
+            f"trlsim: {len(result.failed)} of {len(plan.points)} points failed; "
+            f"their errors are in {result.report.folder / 'failed.json'}",
+            err=True,
+        )
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("folder", metavar="DIR", type=click.Path(file_okay=False))
+def report(folder):
+    """Rebuild the results table of the sweep folder DIR from its points.
+
+    Reads each point's summary.json (and error.json), prints the table and
+    rewrites results.md, results.csv and failed.json; it works while the
+    sweep still runs, counting the points not done yet as missing.
+    """
+    from .sweep import SweepError, write_report
+
+    try:
+        table = write_report(folder)
+    except (SweepError, OSError) as err:
+        raise click.ClickException(str(err)) from None
+    _echo_sweep_report(table, quiet=False)
+
+
+def _setup_dask_logging(verbose):
+    try:
+        # Imported now, as it sets its own log levels on import.
+        import distributed  # noqa: F401
+    except ImportError:
+        return  # run_sweep says what to install
+    level = (logging.ERROR, logging.WARNING, logging.INFO)[min(verbose, 2)]
+    for name in ("distributed", "dask"):
+        logging.getLogger(name).setLevel(level)
+
+
+def _echo_sweep_event(event):
+    text = {
+        "cluster": f"running on {event.message}",
+        "skipped": f"skipped   {event.point} (finished before)",
+        "started": f"started   {event.point} {event.message}",
+        "retried": f"retried   {event.point} ({event.message})",
+        "failed": f"FAILED    {event.point}: "
+        + (event.message.splitlines() or [""])[0],
+    }.get(event.kind)
+    if event.kind == "finished":
+        record = event.record
+        text = f"finished  {event.point}"
+        if record.get("test_accuracy") is not None:
+            text += f": test {record['test_accuracy']:.2f}%"
+        if record.get("baseline_accuracy") is not None:
+            text += f" (untrained {record['baseline_accuracy']:.2f}%)"
+        text += f" in {record['wall_time']:.1f} s"
+    if text is None:
+        return
+    width = len(str(event.total))
+    click.echo(
+        f"[{event.done:>{width}}/{event.total} done, {event.running} running, "
+        f"{event.failed} failed] {text}",
+        err=True,
+    )
+
+
+def _echo_sweep_report(table, quiet):
+    click.echo(table.markdown, nl=False)
+    if not quiet:
+        click.echo(
+            f"\nwrote {table.folder / 'results.md'}, {table.folder / 'results.csv'}",
+            err=True,
+        )
+
+
 if __name__ == "__main__":
     main()
