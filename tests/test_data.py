@@ -8,25 +8,15 @@ import pytest
 
 from trlsim import data
 from trlsim.data import DataError
+from conftest import mnist_folder
 
 FIRST_TRAIN_LABELS = [5, 0, 4, 1, 9, 2, 1, 3, 1, 4]
 FIRST_TEST_LABELS = [7, 2, 1, 0, 4, 1, 4, 9, 5, 9]
 
 
-def _find_mnist():
-    candidates = []
-    env = os.environ.get("TRLSIM_DATA")
-    if env:
-        candidates += [Path(env) / "mnist", Path(env)]
-    # The shared data folder sits beside the project checkout.
-    candidates.append(Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist")
-    for folder in candidates:
-        if (folder / "train-images-idx3-ubyte.gz").is_file():
-            return folder
-    return None
 
 
-MNIST_DIR = _find_mnist()
+MNIST_DIR = mnist_folder()
 needs_mnist = pytest.mark.skipif(
     MNIST_DIR is None,
     reason="MNIST not found: set TRLSIM_DATA to a folder holding mnist/ with the "

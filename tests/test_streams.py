@@ -1,27 +1,14 @@
-import os
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from trlsim import data, streams
 from trlsim.streams import Stream, apply_coherence, chunked_order, epoch_order
+from conftest import mnist_folder
 
 
-def _find_mnist():
-    candidates = []
-    env = os.environ.get("TRLSIM_DATA")
-    if env:
-        candidates += [Path(env) / "mnist", Path(env)]
-    # The shared data folder sits beside the project checkout.
-    candidates.append(Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist")
-    for folder in candidates:
-        if (folder / "train-labels-idx1-ubyte.gz").is_file():
-            return folder
-    return None
 
 
-MNIST_DIR = _find_mnist()
+MNIST_DIR = mnist_folder()
 
 
 @pytest.fixture(scope="module")

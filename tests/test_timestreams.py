@@ -1,9 +1,7 @@
-import os
-from pathlib import Path
-
 import h5py
 import numpy as np
 import pytest
+from conftest import mnist_folder
 
 from trlsim import data, timestreams
 from trlsim.streams import Stream
@@ -19,17 +17,6 @@ from trlsim.timestreams import (
 MEAN, STD = 0.1307, 0.3081
 
 
-def _find_mnist():
-    candidates = []
-    env = os.environ.get("TRLSIM_DATA")
-    if env:
-        candidates += [Path(env) / "mnist", Path(env)]
-    # The shared data folder sits beside the project checkout.
-    candidates.append(Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist")
-    for folder in candidates:
-        if (folder / "train-images-idx3-ubyte.gz").is_file():
-            return folder
-    return None
 
 
 def blobs(n=12, shape=(10, 12), seed=0):
@@ -413,7 +400,7 @@ def test_label_segment_starts_marks_label_changes():
 
 
 def test_streams_on_the_first_real_mnist_images():
-    folder = _find_mnist()
+    folder = mnist_folder()
     if folder is None:
         pytest.skip(
             "MNIST not found: set TRLSIM_DATA to a folder holding mnist/ with "

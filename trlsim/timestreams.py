@@ -341,7 +341,9 @@ class _TimeStream:
     @property
     def n_rows(self) -> int:
         """Rows (frames, image rows, samples) in one epoch, before batching."""
-        raise NotImplementedError
+        raise NotImplementedError(
+            f"{type(self).__name__} must define n_rows, the rows of one epoch"
+        )
 
     @property
     def n_batches(self) -> int:

@@ -15,7 +15,6 @@ Examples
 import json
 
 import h5py
-import numpy as np
 
 from .record import (
     FIELDS,
