@@ -399,7 +399,9 @@ def lateral_update(zc_t, zc, mask, lateral, lateral_first, lateral_second, opt,
             cov_row[k] = scale * d  # the buffer now holds the gradient
         losses[j, LOSS_LAT] = loss / n
         if learn:
-            optimizer_row(lateral_row, cov_row, lateral_first[j], lateral_second[j], opt)
+            optimizer_row(
+                lateral_row, cov_row, lateral_first[j], lateral_second[j], opt
+            )
 
 
 @njit(**PARALLEL)
@@ -448,6 +450,8 @@ def _rank_one_step(params, first, second, x, g, scalars, adam):
         for i in range(params.shape[0]):
             params[i], first[i], _ = optimizer_element(
                 params[i], g * x[i], first[i], zero, scalars, False)
+
+
 LATERAL_GRADIENT, LATERAL_HEBBIAN = 0, 1
 ONLINE_LATERAL_CODES = {"gradient": LATERAL_GRADIENT, "hebbian": LATERAL_HEBBIAN}
 

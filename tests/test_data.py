@@ -14,8 +14,6 @@ FIRST_TRAIN_LABELS = [5, 0, 4, 1, 9, 2, 1, 3, 1, 4]
 FIRST_TEST_LABELS = [7, 2, 1, 0, 4, 1, 4, 9, 5, 9]
 
 
-
-
 MNIST_DIR = mnist_folder()
 needs_mnist = pytest.mark.skipif(
     MNIST_DIR is None,

@@ -6,8 +6,6 @@ from trlsim.streams import Stream, apply_coherence, chunked_order, epoch_order
 from conftest import mnist_folder
 
 
-
-
 MNIST_DIR = mnist_folder()
 
 

@@ -17,8 +17,6 @@ from trlsim.timestreams import (
 MEAN, STD = 0.1307, 0.3081
 
 
-
-
 def blobs(n=12, shape=(10, 12), seed=0):
     """Smooth uint8 images: one Gaussian blob each, away from the border."""
     rng = np.random.default_rng(seed)

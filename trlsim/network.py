@@ -307,10 +307,11 @@ class Network:
     seed : int
         Seeds the initial weights, biases, lateral matrices and masks.
     **settings
-        Any key of the ``[network]``, ``[rule]`` and ``[optimizer]`` tables of
-        a run configuration, plus ``chunk_size``, ``batch_size``,
-        ``train_layers`` and ``backend`` (e.g. ``optimizer="sgd"``, ``learning_rate=1e-3``,
-        ``momentum=0.9``, ``c_var=5.0``, ``train_layers=[0]``). Defaults are
+        Any key of the ``[network]``, ``[rule]``, ``[optimizer]`` and
+        ``[online]`` tables of a run configuration, plus ``chunk_size``,
+        ``batch_size``, ``train_layers`` and ``backend`` (e.g.
+        ``optimizer="sgd"``, ``learning_rate=1e-3``, ``momentum=0.9``,
+        ``c_var=5.0``, ``train_layers=[0]``, ``online=True``). Defaults are
         those of the configuration reference.
 
     Attributes

@@ -154,7 +154,9 @@ class Recorder:
             if not 0 <= index < n_layers:
                 raise ValueError(f"cannot record layer {index}: the network has "
                                  f"layers 0..{n_layers - 1}")
-        self.neurons = {i: _neuron_index(neurons, network.layers[i]) for i in self.layers}
+        self.neurons = {
+            i: _neuron_index(neurons, network.layers[i]) for i in self.layers
+        }
         self.probe_x = None if probe_x is None else np.ascontiguousarray(probe_x,
                                                                          np.float32)
         self.probe_y = None if probe_y is None else np.asarray(probe_y, np.int64)
@@ -211,7 +213,9 @@ class Recorder:
             self.file = h5py.File(self.path, "r+", libver=LIBVER)
             self.file.swmr_mode = True
         except OSError as err:
-            raise TraceError(f"cannot open trace {self.path} for writing: {err}") from err
+            raise TraceError(
+                f"cannot open trace {self.path} for writing: {err}"
+            ) from err
 
     def _layout(self, f):
         """Create every group, dataset and attribute up front (SWMR needs it)."""
@@ -628,4 +632,3 @@ def config_differences(recorded, current, ignore=()):
                 differences.append(f"[{table}] {key}: {old.get(key)!r} in the trace, "
                                    f"{new.get(key)!r} now")
     return differences
-

@@ -310,4 +310,3 @@ class _stop_on_sigint:
         if self.previous is not None:
             signal.signal(signal.SIGINT, self.previous)
         return False
-
