@@ -162,36 +162,40 @@ def run(config, out=None, overwrite=False, on_train=None, on_stage=None,
         summary["trace"] = str(trace_path)
     stage(f"training: {trainer.total_steps} steps")
     try:
-        trained = trainer.run(progress=on_train, start=start)
+        _train_and_probe(trainer, start, on_train, summary, probe, config, folder)
     except BaseException:
         if recorder is not None:
             recorder.close("failed")
         raise
-    summary["training"] = trained.to_dict()
+    if recorder is not None:
+        recorder.close(summary["status"], results=summary)
+    summary["output_dir"] = str(folder)
+    return summary
 
+
+def _train_and_probe(trainer, start, on_train, summary, probe, config, folder):
+    """Train, probe the result and write the summary (the middle of :func:`run`)."""
+    trained = trainer.run(progress=on_train, start=start)
+    summary["training"] = trained.to_dict()
     if trained.interrupted:
         summary["status"] = "interrupted"
         summary["note"] = (
             f"stopped by the user after {trained.steps} of {trainer.total_steps} "
             f"steps; the probe was skipped"
         )
-        if recorder is not None:
+        if "trace" in summary:
             summary["note"] += (
                 f"; the trace holds a snapshot of this point: continue with "
                 f"trlsim run {config.source} --resume {summary['trace']}"
             )
     else:
-        if p.enabled:
+        if config.probe.enabled:
             summary["probe"] = probe("trained network")
         summary["status"] = "finished"
     summary["finished"] = datetime.datetime.now(datetime.timezone.utc).isoformat(
         timespec="seconds"
     )
     write_summary(folder, summary)
-    if recorder is not None:
-        recorder.close(summary["status"], results=summary)
-    summary["output_dir"] = str(folder)
-    return summary
 
 
 def make_stream(config, dataset, seed):
