@@ -3,6 +3,7 @@
 import json
 import os
 import queue
+import re
 import signal
 import subprocess
 import sys
@@ -37,11 +38,14 @@ def trlsim(*args, cwd):
 
 
 def _small_quickstart(folder, name="quick.toml", **replace):
-    """examples/quickstart.toml with a small network and 2 epochs."""
+    """examples/quickstart.toml with a small network, batches of 32 and 2 epochs."""
     text = (EXAMPLES / "quickstart.toml").read_text()
-    edits = {"hidden = [128, 64]": "hidden = [16, 8]", "epochs = 20": "epochs = 2"}
-    edits.update(replace)
-    for old, new in edits.items():
+    text = re.sub(r"(?m)^hidden = .*$", "hidden = [16, 8]", text)
+    text = re.sub(r"(?m)^batch_size = .*$", "batch_size = 32", text)
+    text = re.sub(r"(?m)^chunk_size = .*$", "chunk_size = 8", text)
+    # The [training] table's epochs: the only epochs key the example sets.
+    text = re.sub(r"(?m)^epochs = .*$", "epochs = 2", text)
+    for old, new in replace.items():
         assert old in text, f"quickstart.toml no longer has {old!r}"
         text = text.replace(old, new)
     path = Path(folder) / name
