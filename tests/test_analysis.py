@@ -4,10 +4,10 @@ import doctest
 
 import numpy as np
 import pytest
+from conftest import small_recorded_config
 
 import trlsim
 from trlsim import analysis
-from trlsim.config import parse_config
 from trlsim.experiment import run
 from trlsim.record import Recorder
 
@@ -25,29 +25,7 @@ ALL_FIELDS = [
 
 def small_config(**record):
     """A run on the bundled digits set that takes a second or two."""
-    return parse_config(
-        {
-            "network": {"hidden": [12, 8]},
-            "optimizer": {"learning_rate": 1e-3},
-            "data": {
-                "dataset": "digits",
-                "batch_size": 32,
-                "chunk_size": 8,
-                "train_limit": 320,
-                "test_limit": 100,
-            },
-            "training": {"epochs": 2},
-            "probe": {"epochs": 2, "learning_rate": 1e-3},
-            "record": {
-                "enabled": True,
-                "fields": ALL_FIELDS,
-                "every": 2,
-                "snapshot_every": 1,
-                "probe_samples": 60,
-                **record,
-            },
-        }
-    )
+    return small_recorded_config(fields=ALL_FIELDS, **record)
 
 
 @pytest.fixture(scope="module")

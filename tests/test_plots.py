@@ -9,6 +9,7 @@ import shutil  # noqa: E402
 import h5py  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from conftest import small_recorded_config  # noqa: E402
 from click.testing import CliRunner  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
@@ -16,7 +17,6 @@ import trlsim  # noqa: E402
 from trlsim import plots  # noqa: E402
 from trlsim.analysis import MissingDataError  # noqa: E402
 from trlsim.cli import main  # noqa: E402
-from trlsim.config import parse_config  # noqa: E402
 from trlsim.experiment import run  # noqa: E402
 from trlsim.record import FIELDS, Recorder  # noqa: E402
 
@@ -27,28 +27,7 @@ DPI = 40  # small files, fast tests
 @pytest.fixture(scope="module")
 def trace_path(tmp_path_factory):
     """A finished run on the digits set recording every field."""
-    config = parse_config(
-        {
-            "network": {"hidden": [12, 8]},
-            "optimizer": {"learning_rate": 1e-3},
-            "data": {
-                "dataset": "digits",
-                "batch_size": 32,
-                "chunk_size": 8,
-                "train_limit": 320,
-                "test_limit": 100,
-            },
-            "training": {"epochs": 2},
-            "probe": {"epochs": 2, "learning_rate": 1e-3},
-            "record": {
-                "enabled": True,
-                "fields": list(FIELDS),
-                "every": 2,
-                "snapshot_every": 1,
-                "probe_samples": 60,
-            },
-        }
-    )
+    config = small_recorded_config()
     return run(config, out=tmp_path_factory.mktemp("run"))["trace"]
 
 
